@@ -1,0 +1,257 @@
+"""The one place where a ConfigDict becomes validated, frozen run settings.
+
+Every config file under configs/ starts from `base_config()` and overrides fields. `validate` checks the whole
+tree before anything is compiled and raises `ConfigError` with one line: the field, the bad value, what is valid.
+`model_config` turns the `model` section into the frozen dataclass that the Flax modules receive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
+DATA_SOURCES = ("embedded", "files", "tfds")
+DOCUMENT_SPLITS = ("file", "paragraph", "line")
+INVALID_UTF8_POLICIES = ("replace", "fail")
+MODEL_NAMES = ("gpt",)
+TASK_NAMES = ("causal_lm",)
+POSITION_KINDS = ("learned", "sinusoidal", "none")
+NORM_KINDS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "relu")
+ATTENTION_IMPLS = ("xla", "jax")
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "linear", "constant")
+DECAY_MASKS = ("matrices", "all", "none")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A bad config field; the message is one line naming the field and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field lmjax knows, with defaults. Config files override; unknown keys are rejected."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "causal_lm"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "embedded"
+  c.data.paths = ""
+  c.data.tfds_name = ""
+  c.data.text_key = "text"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.data_dir = ""
+  c.data.document_split = "paragraph"
+  c.data.validation_fraction = 0.1
+  c.data.invalid_utf8 = "replace"
+  c.data.seq_len = 256
+  c.data.shuffle_seed = 0
+  c.data.num_workers = 0
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.kind = "byte"
+  c.tokenizer.vocab_size = 0  # sentencepiece only; char/byte vocabularies follow from the data
+  c.tokenizer.max_training_chars = 20_000_000
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "gpt"
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.d_model = 128
+  c.model.mlp_dim = 512
+  c.model.max_len = 256
+  c.model.position = "learned"
+  c.model.norm = "layernorm"
+  c.model.pre_norm = True
+  c.model.activation = "gelu"
+  c.model.use_bias = True
+  c.model.tie_embeddings = True
+  c.model.dropout = 0.0
+  c.model.attention_dropout = 0.0
+  c.model.attention_impl = "xla"
+  c.model.dtype = "float32"  # compute dtype
+  c.model.param_dtype = "float32"
+  c.model.init_std = 0.02
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 100
+  c.optim.min_learning_rate = 1e-4  # where cosine/linear decay ends
+  c.optim.decay_steps = 0  # 0 -> train.num_steps
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1
+  c.optim.decay_mask = "matrices"  # decay only kernels/embeddings of rank >= 2, not biases or norm scales
+  c.optim.grad_clip_norm = 1.0  # 0 disables clipping
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 12  # global, in sequences
+  c.train.num_steps = 2000
+  c.train.steps_per_call = 1  # train steps fused into one jitted call (a lax.scan): fewer dispatches for tiny models
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.eval_batches = 20  # 0 -> the whole validation split
+  c.train.eval_batch_size = 0  # 0 -> train.batch_size
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoints = True
+  c.train.sample_prompt = "\n"
+  c.train.sample_length = 200
+  c.train.sample_temperature = 0.8
+  c.train.sample_top_k = 0
+  c.train.num_samples = 2
+  c.train.plot = True
+  c.train.tensorboard = True
+  return c
+
+
+def _fail(field: str, value: Any, expected: str) -> None:
+  raise ConfigError(f"config.{field}={value!r} is invalid: {expected}.")
+
+
+def _check_keys(cfg: ml_collections.ConfigDict, ref: ml_collections.ConfigDict, prefix: str = "") -> None:
+  for key in cfg.keys():
+    field = f"{prefix}{key}"
+    if key not in ref:
+      section = f"config.{prefix[:-1]}" if prefix else "config"
+      raise ConfigError(f"config.{field} is not a known field (a typo?); {section} has: "
+                        f"{', '.join(sorted(ref.keys()))}.")
+    if isinstance(ref[key], ml_collections.ConfigDict):
+      if not isinstance(cfg[key], (ml_collections.ConfigDict, dict)):
+        _fail(field, cfg[key], "expected a section (ConfigDict)")
+      _check_keys(cfg[key], ref[key], f"{field}.")
+
+
+def _check_types(cfg: ml_collections.ConfigDict, ref: ml_collections.ConfigDict, prefix: str = "") -> None:
+  for key in ref.keys():
+    field = f"{prefix}{key}"
+    if isinstance(ref[key], ml_collections.ConfigDict):
+      _check_types(cfg[key], ref[key], f"{field}.")
+      continue
+    want, value = type(ref[key]), cfg[key]
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+      continue
+    if want is int and isinstance(value, bool) or not isinstance(value, want):
+      _fail(field, value, f"expected {want.__name__}")
+
+
+def _one_of(cfg, field: str, choices) -> None:
+  value = cfg
+  for part in field.split("."):
+    value = value[part]
+  if value not in choices:
+    _fail(field, value, f"choose one of {', '.join(map(str, choices))}")
+
+
+def _at_least(cfg, field: str, low, *, strict: bool = False) -> None:
+  value = cfg
+  for part in field.split("."):
+    value = value[part]
+  if value < low or (strict and value == low):
+    _fail(field, value, f"must be {'>' if strict else '>='} {low}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field. Cheap: touches no data, builds no model."""
+  ref = base_config()
+  _check_keys(cfg, ref)
+  _check_types(cfg, ref)
+
+  for field, choices in (("task", TASK_NAMES), ("data.source", DATA_SOURCES),
+                         ("data.document_split", DOCUMENT_SPLITS), ("data.invalid_utf8", INVALID_UTF8_POLICIES),
+                         ("tokenizer.kind", TOKENIZER_KINDS), ("model.name", MODEL_NAMES),
+                         ("model.position", POSITION_KINDS), ("model.norm", NORM_KINDS),
+                         ("model.activation", ACTIVATIONS), ("model.attention_impl", ATTENTION_IMPLS),
+                         ("model.dtype", DTYPES), ("model.param_dtype", DTYPES), ("optim.name", OPTIMIZERS),
+                         ("optim.schedule", SCHEDULES), ("optim.decay_mask", DECAY_MASKS)):
+    _one_of(cfg, field, choices)
+
+  d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+  if d.source == "files" and not d.paths.strip():
+    _fail("data.paths", d.paths, "data.source='files' needs a file, glob or comma-separated list")
+  if d.source == "tfds" and not d.tfds_name.strip():
+    _fail("data.tfds_name", d.tfds_name, "data.source='tfds' needs a TFDS dataset name, e.g. 'lm1b'")
+  if not 0.0 < d.validation_fraction < 1.0:
+    _fail("data.validation_fraction", d.validation_fraction, "must be strictly between 0 and 1")
+  _at_least(cfg, "data.seq_len", 1)
+  _at_least(cfg, "data.num_workers", 0)
+  if cfg.tokenizer.kind in ("bpe", "unigram") and cfg.tokenizer.vocab_size < 16:
+    _fail("tokenizer.vocab_size", cfg.tokenizer.vocab_size,
+          f"tokenizer.kind={cfg.tokenizer.kind!r} trains a SentencePiece model: set a vocabulary size >= 16, e.g. 4096")
+  _at_least(cfg, "tokenizer.max_training_chars", 1000)
+
+  for field in ("num_layers", "num_heads", "d_model", "mlp_dim", "max_len"):
+    _at_least(cfg, f"model.{field}", 1)
+  if m.d_model % m.num_heads:
+    _fail("model.d_model", m.d_model, f"must be divisible by model.num_heads={m.num_heads} "
+          f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)})")
+  if d.seq_len > m.max_len and m.position == "learned":
+    _fail("data.seq_len", d.seq_len, f"exceeds model.max_len={m.max_len} for learned positions; "
+          f"raise model.max_len or lower data.seq_len")
+  for field in ("dropout", "attention_dropout"):
+    if not 0.0 <= m[field] < 1.0:
+      _fail(f"model.{field}", m[field], "must be in [0, 1)")
+  _at_least(cfg, "model.init_std", 0.0, strict=True)
+
+  _at_least(cfg, "optim.learning_rate", 0.0, strict=True)
+  _at_least(cfg, "optim.min_learning_rate", 0.0)
+  _at_least(cfg, "optim.warmup_steps", 0)
+  _at_least(cfg, "optim.decay_steps", 0)
+  _at_least(cfg, "optim.weight_decay", 0.0)
+  _at_least(cfg, "optim.grad_clip_norm", 0.0)
+  _at_least(cfg, "optim.eps", 0.0, strict=True)
+  for field in ("b1", "b2"):
+    if not 0.0 <= o[field] < 1.0:
+      _fail(f"optim.{field}", o[field], "must be in [0, 1)")
+
+  for field in ("batch_size", "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
+                "keep_checkpoints", "num_samples"):
+    _at_least(cfg, f"train.{field}", 1 if field != "num_samples" else 0)
+  for field in ("eval_batches", "eval_batch_size", "sample_length", "sample_top_k"):
+    _at_least(cfg, f"train.{field}", 0)
+  _at_least(cfg, "train.sample_temperature", 0.0)
+  for field in ("log_every", "eval_every", "checkpoint_every"):
+    if t[field] % t.steps_per_call:
+      _fail(f"train.{field}", t[field], f"must be a multiple of train.steps_per_call={t.steps_per_call}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """What the Flax modules see: immutable, hashable, built once from config.model."""
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  d_model: int
+  mlp_dim: int
+  max_len: int
+  position: str = "learned"
+  norm: str = "layernorm"
+  pre_norm: bool = True
+  activation: str = "gelu"
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  init_std: float = 0.02
+  name: str = "gpt"
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+
+def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+  return ModelConfig(vocab_size=vocab_size, **{k: cfg.model[k] for k in fields})
+

@@ -1,0 +1,73 @@
+"""Small building blocks shared by every architecture: dense layers, norms, the MLP."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from lmjax.config import ModelConfig
+
+
+def dtype_of(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def normal_init(std: float, *axes: str) -> Callable:
+  """A normal initializer that also records the logical axis of each parameter dimension."""
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+
+
+def zeros_init(*axes: str) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def ones_init(*axes: str) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+class Norm(nn.Module):
+  """LayerNorm or RMSNorm over the last axis, computed in float32 for stability."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    dtype = x_BLD.dtype
+    x = x_BLD.astype(jnp.float32)
+    scale_D = self.param("scale", ones_init("embed"), (x.shape[-1],), dtype_of(self.cfg.param_dtype))
+    if self.cfg.norm == "rmsnorm":
+      y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+      return (y * scale_D).astype(dtype)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale_D
+    if self.cfg.use_bias:
+      y = y + self.param("bias", zeros_init("embed"), (x.shape[-1],), dtype_of(self.cfg.param_dtype))
+    return y.astype(dtype)
+
+
+ACTIVATIONS = {
+    # tanh-approximate GELU, as in GPT-2 and BERT checkpoints.
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+class Mlp(nn.Module):
+  """Position-wise feed-forward: D -> F -> D."""
+  cfg: ModelConfig
+  out_std: float
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    dense = lambda feats, std, axes, name: nn.DenseGeneral(
+        feats, use_bias=cfg.use_bias, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
+        kernel_init=normal_init(std, *axes), bias_init=zeros_init(axes[-1]), name=name)
+    h_BLF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi")(x_BLD)
+    h_BLF = ACTIVATIONS[cfg.activation](h_BLF)
+    h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
+    y_BLD = dense(cfg.d_model, self.out_std, ("mlp", "embed"), "wo")(h_BLF)
+    return nn.Dropout(cfg.dropout)(y_BLD, deterministic=deterministic)

@@ -1,0 +1,67 @@
+"""The GPT decoder: token embedding + absolute positions, a stack of attention/MLP blocks, tied or untied logits."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from lmjax.config import ModelConfig
+from lmjax.models.attention import MultiHeadAttention, attention_mask
+from lmjax.models.layers import Mlp, Norm, dtype_of, normal_init
+from lmjax.models.positional import AbsolutePositions
+
+
+class Block(nn.Module):
+  """One Transformer layer. Pre-norm: x + f(norm(x)). Post-norm (Vaswani, BERT): norm(x + f(x))."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    # GPT-2 scales the init of projections that write into the residual stream by 1/sqrt(2 * layers).
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    attn = MultiHeadAttention(cfg, out_std, name="attn")
+    mlp = Mlp(cfg, out_std, name="mlp")
+    if cfg.pre_norm:
+      x_BLD = x_BLD + attn(Norm(cfg, name="ln_attn")(x_BLD), mask_B1LM, deterministic)
+      x_BLD = x_BLD + mlp(Norm(cfg, name="ln_mlp")(x_BLD), deterministic)
+    else:
+      x_BLD = Norm(cfg, name="ln_attn")(x_BLD + attn(x_BLD, mask_B1LM, deterministic))
+      x_BLD = Norm(cfg, name="ln_mlp")(x_BLD + mlp(x_BLD, deterministic))
+    return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+
+
+class Decoder(nn.Module):
+  """Decoder-only language model (GPT). Returns float32 logits [B, L, V]."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
+               segment_ids_BL: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    cfg = self.cfg
+    B, L = tokens_BL.shape
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
+                     embedding_init=normal_init(cfg.init_std, "vocab", "embed"), name="embed")
+    x_BLD = embed(tokens_BL) + AbsolutePositions(cfg, name="positions")(positions_BL)
+    x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
+    x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+
+    mask_B1LM = attention_mask(segment_ids_BL, causal=True, length=L)
+    for i in range(cfg.num_layers):
+      x_BLD = Block(cfg, name=f"layer_{i}")(x_BLD, mask_B1LM, deterministic)
+    if cfg.pre_norm:
+      x_BLD = Norm(cfg, name="ln_final")(x_BLD)
+
+    if cfg.tie_embeddings:
+      logits_BLV = embed.attend(x_BLD)
+    else:
+      logits_BLV = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=dtype_of(cfg.dtype),
+                                   param_dtype=dtype_of(cfg.param_dtype),
+                                   kernel_init=normal_init(cfg.init_std, "embed", "vocab"), name="lm_head")(x_BLD)
+    logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
+    return logits_BLV.astype(jnp.float32)
