@@ -12,7 +12,7 @@ from lmjax.config import ConfigError, base_config, model_config, validate
 from lmjax.models import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 
 
 def load_config(path: Path, arg: str | None = None):

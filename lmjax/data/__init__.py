@@ -1,0 +1,1 @@
+"""Data: text sources, tokenizers and the batching pipeline."""

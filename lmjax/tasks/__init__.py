@@ -1,0 +1,5 @@
+"""Objectives by name: a task builds its model, defines loss and eval sums on a batch."""
+
+from lmjax.tasks.registry import get_task, TASK_REGISTRY
+
+__all__ = ["get_task", "TASK_REGISTRY"]

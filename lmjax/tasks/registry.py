@@ -1,0 +1,15 @@
+"""Tasks by name: `config.task` picks one."""
+
+from __future__ import annotations
+
+from lmjax.tasks.causal_lm import CausalLmTask
+
+TASK_REGISTRY = {
+    "causal_lm": CausalLmTask,
+}
+
+
+def get_task(name: str):
+  if name not in TASK_REGISTRY:
+    raise ValueError(f"config.task={name!r} is unknown; choose one of {', '.join(TASK_REGISTRY)}.")
+  return TASK_REGISTRY[name]

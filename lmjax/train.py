@@ -1,0 +1,199 @@
+"""train_and_evaluate(config, workdir): data, model, state, the loop, eval, samples, checkpoints, writers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lmjax import metrics as metrics_lib
+from lmjax import writers
+from lmjax.checkpoint import Checkpointer
+from lmjax.config import model_config, validate
+from lmjax.data import pipeline, sources
+from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer, build_tokenizer
+from lmjax.decode import generate
+from lmjax.models import build_model
+from lmjax.optim import learning_rate_schedule, make_optimizer
+from lmjax.state import abstract_train_state, count_params, create_train_state
+from lmjax.step import eval_step, train_steps
+from lmjax.tasks import get_task
+
+
+def data_dir_of(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+  return Path(config.data.data_dir) if config.data.data_dir else workdir / "data"
+
+
+def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path) -> Tokenizer:
+  """Trained (or collected) on the training split once, then loaded from workdir/tokenizer."""
+  data_dir = data_dir_of(config, workdir)
+  texts = lambda: sources.iter_texts(config.data, config.data.train_split, data_dir)
+  return build_tokenizer(config.tokenizer.kind, texts, workdir / "tokenizer", vocab_size=config.tokenizer.vocab_size,
+                         max_training_chars=config.tokenizer.max_training_chars)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _truncate_metrics_after(workdir: Path, step: int) -> None:
+  """A resumed run rewrites history from its checkpoint on, so drop records a killed run logged past it."""
+  path = workdir / "metrics.jsonl"
+  if jax.process_index() != 0 or not path.exists():
+    return
+  kept = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
+  path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+class Sampler:
+  """Writes generated text to workdir/samples/step_NNNNNN.txt so a person can read what the model learned."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: Any, tokenizer: Tokenizer, workdir: Path):
+    t = config.train
+    self.tokenizer, self.num, self.dir = tokenizer, t.num_samples, workdir / "samples"
+    prompt = [BOS_ID] + tokenizer.encode(t.sample_prompt).tolist()
+    self.prompt_text = t.sample_prompt
+    self.prompt_BP = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (max(self.num, 1), 1)))
+    window = min(config.model.max_len, config.data.seq_len)
+    self._generate = jax.jit(functools.partial(
+        generate, model, num_new=t.sample_length, window=window, temperature=t.sample_temperature,
+        top_k=t.sample_top_k))
+    self.seed = config.seed
+
+  def __call__(self, params: Any, step: int) -> list[str]:
+    if self.num == 0:
+      return []
+    tokens_BT = np.asarray(self._generate(params, self.prompt_BP, jax.random.PRNGKey(self.seed + step)))
+    texts = []
+    for row in tokens_BT:
+      new = row[self.prompt_BP.shape[1]:].tolist()
+      new = new[: new.index(EOS_ID)] if EOS_ID in new else new
+      texts.append(self.prompt_text + self.tokenizer.decode(new))
+    if jax.process_index() == 0:
+      self.dir.mkdir(parents=True, exist_ok=True)
+      body = "".join(f"--- sample {i} (step {step}) ---\n{text}\n\n" for i, text in enumerate(texts))
+      (self.dir / f"step_{step:06d}.txt").write_text(body)
+    return texts
+
+
+def evaluate(eval_fn, params: Any, batches: list[dict[str, np.ndarray]], task: Any) -> dict[str, float]:
+  sums: dict[str, float] = {}
+  device_sums = [eval_fn(params, batch) for batch in batches]  # dispatched back to back, fetched once
+  for s in jax.device_get(device_sums):
+    sums = metrics_lib.add(sums, {k: float(v) for k, v in s.items()})
+  return task.summarize(sums)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                       stop_at: int | None = None) -> dict[str, float]:
+  """Trains config.train.num_steps steps (resuming from workdir's latest checkpoint) and returns eval metrics.
+
+  `stop_at` ends this process's share of the run early, after saving a checkpoint at that step, the way a
+  preempted job would; rerunning continues to num_steps.
+  """
+  validate(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t, d = config.train, config.data
+  data_dir = data_dir_of(config, workdir)
+
+  tokenizer = prepare_tokenizer(config, workdir)
+  train_tokens = pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir)
+  eval_tokens = pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir)
+  save_config(config, workdir)
+
+  model = build_model(model_config(config, tokenizer.vocab_size))
+  task = get_task(config.task)(model, jnp.asarray(tokenizer.token_byte_lengths()),
+                               jnp.asarray(tokenizer.token_char_lengths()))
+  optimizer = make_optimizer(config.optim, t.num_steps)
+  schedule = learning_rate_schedule(config.optim, t.num_steps)
+
+  train_iter = iter(pipeline.make_train_dataset(
+      train_tokens, d.seq_len, t.batch_size, seed=d.shuffle_seed,
+      process_index=jax.process_index(), process_count=jax.process_count()))
+  eval_batches = list(pipeline.make_eval_batches(
+      eval_tokens, d.seq_len, t.eval_batch_size or t.batch_size, max_batches=t.eval_batches or None,
+      process_index=jax.process_index(), process_count=jax.process_count()))
+
+  sample_tokens_BL = jnp.zeros((1, d.seq_len), jnp.int32)
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, every=t.checkpoint_every,
+                              async_save=t.async_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    target = abstract_train_state(model, optimizer, config.seed, sample_tokens_BL)
+    state = checkpointer.restore(latest, target, train_iter)
+    _truncate_metrics_after(workdir, latest)
+    logging.info("Resumed from %s at step %d.", workdir / "checkpoints", latest)
+  else:
+    state = create_train_state(model, optimizer, config.seed, sample_tokens_BL)
+  step = int(state.step)
+  logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %d train tokens, %d eval tokens.",
+               config.model.name, f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind,
+               train_tokens.num_tokens, eval_tokens.num_tokens)
+
+  train_fn = jax.jit(functools.partial(train_steps, task=task, optimizer=optimizer), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, task=task))
+  sampler = Sampler(config, model, tokenizer, workdir)
+  writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
+
+  end = t.num_steps if stop_at is None else min(stop_at, t.num_steps)
+  tokens_per_step = t.batch_size * d.seq_len
+  pending: list[dict[str, jax.Array]] = []
+  interval_start, interval_steps, eval_metrics, compiled = time.perf_counter(), 0, {}, False
+  while step < end:
+    k = min(t.steps_per_call, end - step)
+    batches = _stack([next(train_iter) for _ in range(k)])
+    state, step_metrics = train_fn(state, batches)
+    pending.append(step_metrics)
+    step += k
+    interval_steps += k
+    if interval_steps == k and not compiled:
+      jax.block_until_ready(step_metrics)
+      logging.info("Compiled and ran the first train call in %.1f s.", time.perf_counter() - interval_start)
+      compiled, interval_start, interval_steps = True, time.perf_counter(), 0  # throughput excludes compiling
+
+    if step % t.log_every == 0 or step == end:
+      fetched = jax.device_get(pending)
+      loss = float(np.mean(np.concatenate([np.atleast_1d(m["loss"]) for m in fetched])))
+      grad_norm = float(np.mean(np.concatenate([np.atleast_1d(m["grad_norm"]) for m in fetched])))
+      elapsed = time.perf_counter() - interval_start
+      seconds_per_step = elapsed / interval_steps if interval_steps else float("nan")
+      row = {"loss": loss, "grad_norm": grad_norm, "learning_rate": float(schedule(step - 1)),
+             "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
+      writer.write(step, "train", row)
+      logging.info("%s", writers.progress_line(step, t.num_steps, row, seconds_per_step * (t.num_steps - step)))
+      pending, interval_start, interval_steps = [], time.perf_counter(), 0
+
+    if step % t.eval_every == 0 or step == t.num_steps:
+      eval_metrics = evaluate(eval_fn, state.params, eval_batches, task)
+      writer.write(step, "eval", eval_metrics)
+      logging.info("eval step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()
+                                                           if k != "tokens"))
+      samples = sampler(state.params, step)
+      if samples:
+        logging.info("sample at step %d:\n%s", step, samples[0])
+      interval_start = time.perf_counter()  # eval time is not training throughput
+
+    if checkpointer.save(step, state, train_iter, force=step == end):
+      interval_start = time.perf_counter()
+
+  checkpointer.close()
+  writer.close()
+  if step >= t.num_steps and t.plot:
+    path = writers.plot_loss_curves(workdir)
+    if path:
+      logging.info("Loss curve: %s", path)
+  return eval_metrics
