@@ -63,10 +63,13 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.cfg
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    qkv_BL3Hd = nn.DenseGeneral(
+    B, L, D = x_BLD.shape
+    # Projections run on tokens flattened to N = B*L: see Mlp for why this matters for the backward pass.
+    qkv_N3Hd = nn.DenseGeneral(
         (3, cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
         kernel_init=normal_init(cfg.init_std, "embed", None, "heads", "kv"),
-        bias_init=zeros_init(None, "heads", "kv"), name="qkv")(x_BLD)
+        bias_init=zeros_init(None, "heads", "kv"), name="qkv")(x_BLD.reshape(B * L, D))
+    qkv_BL3Hd = qkv_N3Hd.reshape(B, L, 3, cfg.num_heads, cfg.head_dim)
     q_BLHd, k_BLHd, v_BLHd = (qkv_BL3Hd[:, :, i] for i in range(3))
     q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
 
@@ -77,8 +80,8 @@ class MultiHeadAttention(nn.Module):
       rng = self.make_rng("dropout") if use_dropout else None
       out_BLHd = reference_attention(q_BLHd, k_BLHd, v_BLHd, mask_B1LM, rng, cfg.attention_dropout)
 
-    y_BLD = nn.DenseGeneral(
+    y_ND = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
         kernel_init=normal_init(self.out_std, "heads", "kv", "embed"), bias_init=zeros_init("embed"),
-        name="out")(out_BLHd)
-    return nn.Dropout(cfg.dropout)(y_BLD, deterministic=deterministic)
+        name="out")(out_BLHd.reshape(B * L, cfg.num_heads, cfg.head_dim))
+    return nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)

@@ -66,8 +66,12 @@ class Mlp(nn.Module):
     dense = lambda feats, std, axes, name: nn.DenseGeneral(
         feats, use_bias=cfg.use_bias, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
         kernel_init=normal_init(std, *axes), bias_init=zeros_init(axes[-1]), name=name)
-    h_BLF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi")(x_BLD)
-    h_BLF = ACTIVATIONS[cfg.activation](h_BLF)
-    h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
-    y_BLD = dense(cfg.d_model, self.out_std, ("mlp", "embed"), "wo")(h_BLF)
-    return nn.Dropout(cfg.dropout)(y_BLD, deterministic=deterministic)
+    B, L, D = x_BLD.shape
+    # Tokens are flattened to one axis (N = B*L) so each weight gradient contracts a single axis: with two
+    # contracted axes XLA:CPU materializes transposed activations, which made the backward pass 2.5x slower.
+    x_ND = x_BLD.reshape(B * L, D)
+    h_NF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi")(x_ND)
+    h_NF = ACTIVATIONS[cfg.activation](h_NF)
+    h_NF = nn.with_logical_constraint(h_NF, ("activation_tokens", "mlp"))
+    y_ND = dense(cfg.d_model, self.out_std, ("mlp", "embed"), "wo")(h_NF)
+    return nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)
