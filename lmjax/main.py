@@ -6,6 +6,8 @@ r"""Train and evaluate a model.
 Rerunning the same command in the same workdir resumes from the latest checkpoint.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,12 +20,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad --config override (e.g. a misspelt field) is one line, not a traceback."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not os.path.isfile(path):
+        raise SystemExit(f"error: --config={path}: no such config file; see configs/ for the available ones.")
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+    raise SystemExit(f"error: bad flag: {message.strip(chr(39))}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   writers.quiet_library_logs()
+  config = _CONFIG.value
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
   except (ConfigError, FileNotFoundError, ValueError) as e:
     # Bad input is reported in one line, not as a traceback.
     logging.error("%s", e)
@@ -31,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,87 @@
+r"""lmjax and nanoGPT trained with nanoGPT's CPU Shakespeare recipe, one after the other on the same machine.
+
+  python experiments/nanogpt_shakespeare/benchmark.py --text=PATH/tinyshakespeare.txt \
+      --nanogpt_dir=PATH/nanoGPT --torch_python=PATH/bin/python
+
+Prints a markdown table: final validation loss, median milliseconds per training step (evaluation excluded),
+training tokens per second, and wall time. nanoGPT is not part of lmjax: pass a checkout of it and a Python
+that has torch; it is left out of the table when --nanogpt_dir is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = dict(block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, max_iters=2000, lr_decay_iters=2000,
+              dropout=0.0)
+TOKENS_PER_STEP = RECIPE["block_size"] * RECIPE["batch_size"]
+
+
+def run_lmjax(text: Path, workdir: Path, extra: list[str]) -> dict:
+  shutil.rmtree(workdir, ignore_errors=True)
+  cmd = [sys.executable, "-m", "lmjax.main", f"--config={REPO}/configs/nanogpt_cpu.py:{text}", f"--workdir={workdir}",
+         *extra]
+  print("$", " ".join(cmd), flush=True)
+  start = time.perf_counter()
+  subprocess.run(cmd, check=True, cwd=REPO)
+  wall = time.perf_counter() - start
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval"]
+  ms = statistics.median(1000.0 / r["steps_per_s"] for r in train[1:])  # the first interval follows compilation
+  return {"system": "lmjax", "val_loss": evals[-1]["loss"], "ms_per_step": ms, "wall_s": wall}
+
+
+def run_nanogpt(text: Path, nanogpt_dir: Path, python: str) -> dict:
+  data_dir = nanogpt_dir / "data" / "shakespeare_char"
+  if not (data_dir / "val.bin").exists() or (data_dir / "input.txt").read_bytes() != text.read_bytes():
+    shutil.copy(text, data_dir / "input.txt")  # prepare.py downloads only when input.txt is missing
+    subprocess.run([python, "prepare.py"], check=True, cwd=data_dir)
+  out_dir = tempfile.mkdtemp(prefix="nanogpt-out-")
+  cmd = [python, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+         "--log_interval=1", f"--out_dir={out_dir}", *[f"--{k}={v}" for k, v in RECIPE.items()]]
+  print("$", " ".join(cmd), flush=True)
+  start = time.perf_counter()
+  log = subprocess.run(cmd, check=True, cwd=nanogpt_dir, capture_output=True, text=True).stdout
+  wall = time.perf_counter() - start
+  shutil.rmtree(out_dir, ignore_errors=True)
+  eval_iters = {int(m.group(1)) for m in re.finditer(r"^step (\d+):", log, re.M)}
+  times = [float(m.group(2)) for m in re.finditer(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", log, re.M)
+           if int(m.group(1)) > 0 and int(m.group(1)) not in eval_iters]  # iter 0 and eval iters include extra work
+  val_loss = float(re.findall(r"val loss ([\d.]+)", log)[-1])
+  return {"system": "nanoGPT (PyTorch eager)", "val_loss": val_loss, "ms_per_step": statistics.median(times),
+          "wall_s": wall}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--text", type=Path, required=True, help="tiny shakespeare input.txt")
+  parser.add_argument("--nanogpt_dir", type=Path, help="a nanoGPT checkout")
+  parser.add_argument("--torch_python", default=sys.executable, help="a Python with torch, for nanoGPT")
+  parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lmjax-nanogpt-benchmark")
+  parser.add_argument("lmjax_flags", nargs="*", help="extra lmjax flags, e.g. --config.train.steps_per_call=1")
+  args = parser.parse_args()
+
+  rows = [run_lmjax(args.text.resolve(), args.workdir, args.lmjax_flags)]
+  if args.nanogpt_dir:
+    rows.append(run_nanogpt(args.text.resolve(), args.nanogpt_dir.resolve(), args.torch_python))
+  base = rows[-1]["ms_per_step"]
+  print("\n| system | val loss | ms/step (median) | train tokens/s | wall time (s) | speed vs last row |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['system']} | {r['val_loss']:.4f} | {r['ms_per_step']:.1f} | "
+          f"{TOKENS_PER_STEP / r['ms_per_step'] * 1000:,.0f} | {r['wall_s']:.0f} | {base / r['ms_per_step']:.2f}x |")
+
+
+if __name__ == "__main__":
+  main()
