@@ -7,6 +7,7 @@ Rerunning the same command in the same workdir resumes from the latest checkpoin
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -20,18 +21,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+BAD_INPUT_EXIT_CODE = 2  # distinct from crashes (1), so launch scripts do not retry a run that cannot succeed
+
+
+def fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(BAD_INPUT_EXIT_CODE)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad --config override (e.g. a misspelt field) is one line, not a traceback."""
   for arg in argv[1:]:
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].split(":", 1)[0]
       if not os.path.isfile(path):
-        raise SystemExit(f"error: --config={path}: no such config file; see configs/ for the available ones.")
+        fail(f"--config={path}: no such config file; see configs/ for the available ones.")
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     message = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
-    raise SystemExit(f"error: bad flag: {message.strip(chr(39))}") from None
+    fail(f"bad flag: {message.strip(chr(39))}")
 
 
 def main(argv):
@@ -44,7 +53,7 @@ def main(argv):
   except (ConfigError, FileNotFoundError, ValueError) as e:
     # Bad input is reported in one line, not as a traceback.
     logging.error("%s", e)
-    raise SystemExit(f"error: {e}") from None
+    fail(str(e))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def run_main(tmp_path, *flags):
 
 
 def last_line_error(result) -> str:
-  assert result.returncode != 0
+  assert result.returncode == 2, result.stderr
   assert "Traceback" not in result.stderr, result.stderr
   return result.stderr.strip().splitlines()[-1]
 
@@ -43,3 +43,20 @@ def test_missing_config_file_is_one_line(tmp_path):
   cmd = [sys.executable, "-m", "lmjax.main", "--config=configs/no_such.py", f"--workdir={tmp_path}"]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
   assert "configs/no_such.py" in last_line_error(result)
+
+
+def test_retry_launcher_dry_run_prints_the_quoted_command():
+  script = REPO / "launch" / "local_retry.sh"
+  result = subprocess.run(["bash", str(script), "--dry-run", "configs/tiny.py", "runs/a b", "--config.seed=3"],
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.strip() == r"python -m lmjax.main --config=configs/tiny.py --workdir=runs/a\ b --config.seed=3"
+
+
+def test_retry_launcher_does_not_retry_bad_input(tmp_path):
+  script = REPO / "launch" / "local_retry.sh"
+  env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+  result = subprocess.run(["bash", str(script), "--retries", "3", "configs/tiny.py", str(tmp_path / "w"),
+                           "--config.model.num_heads=3"], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+  assert result.returncode == 2
+  assert "not retrying" in result.stderr and "restarting" not in result.stderr

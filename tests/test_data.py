@@ -239,20 +239,24 @@ def take(dataset, n: int) -> list[dict[str, np.ndarray]]:
 
 def test_train_batches_are_exact_windows_and_each_epoch_a_permutation():
   split, seq_len, batch_size = stream(), 16, 4
-  num_windows = (split.num_tokens - 1) // seq_len
+  num_windows = (split.num_tokens - 1) // seq_len - 1  # one window is given up for the per-epoch grid shift
   batches = take(pipeline.make_train_dataset(split, seq_len, batch_size, seed=3), 3 * num_windows // batch_size)
   starts = []
   for batch in batches:
     assert batch["inputs"].shape == (batch_size, seq_len)
     for inputs, targets in zip(batch["inputs"], batch["targets"]):
-      start = int(np.flatnonzero([np.array_equal(split.tokens[s:s + seq_len], inputs)
-                                  for s in range(0, num_windows * seq_len, seq_len)])[0]) * seq_len
+      matches = [s for s in range(split.num_tokens - seq_len) if np.array_equal(split.tokens[s:s + seq_len], inputs)]
+      start = matches[0]
       np.testing.assert_array_equal(targets, split.tokens[start + 1:start + seq_len + 1])
-      starts.append(start // seq_len)
+      starts.append(start)
   epochs = [starts[i * num_windows:(i + 1) * num_windows] for i in range(len(starts) // num_windows)]
+  shifts = []
   for epoch in epochs:
-    assert sorted(epoch) == list(range(num_windows))
+    shift = min(epoch) % seq_len
+    shifts.append(shift)
+    assert sorted(epoch) == [shift + k * seq_len for k in range(num_windows)]  # the whole grid, each window once
   assert epochs[0] != epochs[1]  # reshuffled each epoch
+  assert len(set(shifts)) > 1  # and the grid moves between epochs
 
 
 def test_train_batches_depend_only_on_seed():

@@ -179,7 +179,13 @@ class _TrainBatch:
   def __init__(self, split: TokenizedSplit, seq_len: int, global_batch_size: int, seed: int,
                process_index: int, process_count: int):
     self.split, self.seq_len, self.seed = split, seq_len, seed
-    self.num_windows = (split.num_tokens - 1) // seq_len
+    # Each epoch shifts the window grid by a random offset, so a token is not always at the same position of its
+    # window (nor always cut from its left context at a window start); one window is given up to make room.
+    usable = split.num_tokens - 1
+    self.num_windows = usable // seq_len
+    if self.num_windows > 1:
+      self.num_windows -= 1
+    self.max_shift = min(seq_len - 1, usable - self.num_windows * seq_len)
     local = global_batch_size // process_count
     self.local_offsets = process_index * local + np.arange(local, dtype=np.int64)
     self.global_batch_size = global_batch_size
@@ -189,21 +195,25 @@ class _TrainBatch:
   def _make_permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed % 2**32, epoch]).permutation(self.num_windows)
 
+  def shift(self, epoch: int) -> int:
+    return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_shift + 1))
+
   def __call__(self, batch_index: int) -> Batch:
     position = batch_index * self.global_batch_size + self.local_offsets
     epochs, offsets = np.divmod(position, self.num_windows)
-    windows = np.empty_like(position)
+    starts = np.empty_like(position)
     for epoch in np.unique(epochs):
       here = epochs == epoch
-      windows[here] = self._permutation(int(epoch))[offsets[here]]
-    return window_batch(self.split, windows * self.seq_len, self.seq_len)
+      starts[here] = self.shift(int(epoch)) + self._permutation(int(epoch))[offsets[here]] * self.seq_len
+    return window_batch(self.split, starts, self.seq_len)
 
 
 def make_train_dataset(tokens: TokenizedSplit, seq_len: int, global_batch_size: int, seed: int,
                        process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Endless [global_batch_size / process_count, seq_len] batches; iter() of it is a checkpointable iterator.
 
-  Every window is visited once per epoch in an order fixed by (seed, epoch); process p gets rows
+  Every window of the epoch's grid (shifted by an offset drawn from (seed, epoch)) is visited once per epoch in an
+  order fixed by (seed, epoch); process p gets rows
   [p*b, (p+1)*b) of each global batch, so all processes together see exactly the global batch.
   """
   _check_sharding(global_batch_size, process_index, process_count, "train.batch_size")
