@@ -2,7 +2,8 @@
 
 Same model and schedule as nanoGPT's `config/train_shakespeare_char.py` with its README's CPU overrides:
 4 layers, 4 heads, width 128, context 64, batch 12, 2000 iterations, lr 1e-3 with 100 warmup steps and cosine
-decay to 1e-4, AdamW (0.9, 0.99), weight decay 0.1, clipping at 1.0, dropout 0, no biases, tied embeddings.
+decay to 1e-4, AdamW (0.9, 0.99), weight decay 0.1, clipping at 1.0, dropout 0, no biases, tied embeddings, and
+training windows at uniform random offsets.
 
 The argument is a text file (nanoGPT's is tiny shakespeare); with none, the embedded corpus is used:
   python -m lmjax.main --config=configs/nanogpt_cpu.py:path/to/input.txt --workdir=runs/shakespeare
@@ -19,6 +20,7 @@ def get_config(path: str = ""):
     c.data.paths = path
     c.data.document_split = "file"
   c.data.validation_fraction = 0.1
+  c.data.sampling = "random"  # nanoGPT draws each row at a random offset of the training text
   c.data.seq_len = 64
   c.tokenizer.kind = "char"
   c.model.num_layers = 4

@@ -15,6 +15,7 @@ import ml_collections
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
 DATA_SOURCES = ("embedded", "files", "tfds")
 DOCUMENT_SPLITS = ("file", "paragraph", "line")
+SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
 MODEL_NAMES = ("gpt",)
 TASK_NAMES = ("causal_lm",)
@@ -51,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.invalid_utf8 = "replace"
   c.data.seq_len = 256
   c.data.shuffle_seed = 0
+  c.data.sampling = "epochs"  # 'epochs': every window once per epoch; 'random': uniform random offsets (nanoGPT)
   c.data.num_workers = 0
 
   c.tokenizer = ml_collections.ConfigDict()
@@ -166,7 +168,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _check_types(cfg, ref)
 
   for field, choices in (("task", TASK_NAMES), ("data.source", DATA_SOURCES),
-                         ("data.document_split", DOCUMENT_SPLITS), ("data.invalid_utf8", INVALID_UTF8_POLICIES),
+                         ("data.document_split", DOCUMENT_SPLITS), ("data.sampling", SAMPLING_KINDS),
+                         ("data.invalid_utf8", INVALID_UTF8_POLICIES),
                          ("tokenizer.kind", TOKENIZER_KINDS), ("model.name", MODEL_NAMES),
                          ("model.position", POSITION_KINDS), ("model.norm", NORM_KINDS),
                          ("model.activation", ACTIVATIONS), ("model.attention_impl", ATTENTION_IMPLS),

@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
   train_iter = iter(pipeline.make_train_dataset(
       train_tokens, d.seq_len, t.batch_size, seed=d.shuffle_seed,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+      process_index=jax.process_index(), process_count=jax.process_count(), sampling=d.sampling))
   eval_batches = list(pipeline.make_eval_batches(
       eval_tokens, d.seq_len, t.eval_batch_size or t.batch_size, max_batches=t.eval_batches or None,
       process_index=jax.process_index(), process_count=jax.process_count()))

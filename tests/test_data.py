@@ -336,3 +336,28 @@ def test_batch_fetch_is_fast():
     next(it)
   per_batch = (time.perf_counter() - start) / 500
   assert per_batch < 1e-3, f"{per_batch * 1e6:.0f} us per batch"
+
+
+def test_random_sampling_is_deterministic_exact_and_covers_offsets(tmp_path):
+  split, seq_len = stream(), 16
+  a, b = (take(pipeline.make_train_dataset(split, seq_len, 8, seed=5, sampling="random"), 20) for _ in range(2))
+  starts = set()
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    for inputs, targets in zip(x["inputs"], x["targets"]):
+      start = next(s for s in range(split.num_tokens - seq_len) if np.array_equal(split.tokens[s:s + seq_len], inputs))
+      np.testing.assert_array_equal(targets, split.tokens[start + 1:start + seq_len + 1])
+      starts.add(start % seq_len)
+  assert len(starts) > seq_len // 2  # not tied to a grid
+  it = iter(pipeline.make_train_dataset(split, seq_len, 8, seed=5, sampling="random"))
+  next(it)
+  state = it.get_state()
+  expected = next(it)
+  it2 = iter(pipeline.make_train_dataset(split, seq_len, 8, seed=5, sampling="random"))
+  it2.set_state(state)
+  np.testing.assert_array_equal(next(it2)["inputs"], expected["inputs"])
+
+
+def test_unknown_sampling_is_rejected():
+  with pytest.raises(DataError, match="data.sampling"):
+    pipeline.make_train_dataset(stream(), 16, 4, seed=0, sampling="shuffled")

@@ -26,6 +26,7 @@ from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 
 Batch = dict[str, np.ndarray]
+SAMPLING_KINDS = ("epochs", "random")
 _FOREVER = 2**62  # batch indices of the endless training stream
 
 
@@ -177,8 +178,8 @@ class _TrainBatch:
   """Global batch k = stream positions [k*G, (k+1)*G) of the concatenated per-epoch window permutations."""
 
   def __init__(self, split: TokenizedSplit, seq_len: int, global_batch_size: int, seed: int,
-               process_index: int, process_count: int):
-    self.split, self.seq_len, self.seed = split, seq_len, seed
+               process_index: int, process_count: int, sampling: str = "epochs"):
+    self.split, self.seq_len, self.seed, self.sampling = split, seq_len, seed, sampling
     # Each epoch shifts the window grid by a random offset, so a token is not always at the same position of its
     # window (nor always cut from its left context at a window start); one window is given up to make room.
     usable = split.num_tokens - 1
@@ -195,10 +196,18 @@ class _TrainBatch:
   def _make_permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed % 2**32, epoch]).permutation(self.num_windows)
 
+  def random_starts(self, batch_index: int) -> np.ndarray:
+    """nanoGPT's sampling: every row starts at a uniform random token, drawn from (seed, batch index) alone."""
+    rng = np.random.default_rng([self.seed, batch_index, 2])
+    starts = rng.integers(0, self.split.num_tokens - self.seq_len, size=self.global_batch_size)
+    return starts[self.local_offsets]
+
   def shift(self, epoch: int) -> int:
     return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_shift + 1))
 
   def __call__(self, batch_index: int) -> Batch:
+    if self.sampling == "random":
+      return window_batch(self.split, self.random_starts(batch_index), self.seq_len)
     position = batch_index * self.global_batch_size + self.local_offsets
     epochs, offsets = np.divmod(position, self.num_windows)
     starts = np.empty_like(position)
@@ -209,18 +218,21 @@ class _TrainBatch:
 
 
 def make_train_dataset(tokens: TokenizedSplit, seq_len: int, global_batch_size: int, seed: int,
-                       process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                       process_index: int = 0, process_count: int = 1, sampling: str = "epochs") -> grain.IterDataset:
   """Endless [global_batch_size / process_count, seq_len] batches; iter() of it is a checkpointable iterator.
 
   Every window of the epoch's grid (shifted by an offset drawn from (seed, epoch)) is visited once per epoch in an
-  order fixed by (seed, epoch); process p gets rows
+  order fixed by (seed, epoch). With sampling='random' rows start at uniform random tokens instead (with
+  replacement, as nanoGPT samples). Process p gets rows
   [p*b, (p+1)*b) of each global batch, so all processes together see exactly the global batch.
   """
   _check_sharding(global_batch_size, process_index, process_count, "train.batch_size")
   if (tokens.num_tokens - 1) // seq_len < 1:
     raise DataError(f"data.seq_len={seq_len} needs at least {seq_len + 1} tokens but split {tokens.name} has "
                     f"{tokens.num_tokens}; lower data.seq_len or use more text")
-  batch_fn = _TrainBatch(tokens, seq_len, global_batch_size, seed, process_index, process_count)
+  if sampling not in SAMPLING_KINDS:
+    raise DataError(f"data.sampling={sampling!r} is unknown; choose one of {', '.join(SAMPLING_KINDS)}")
+  batch_fn = _TrainBatch(tokens, seq_len, global_batch_size, seed, process_index, process_count, sampling)
   # A batch costs ~60us of numpy; prefetch threads measured 2-4x slower per fetch (GIL contention), so read inline.
   read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   return grain.MapDataset.range(_FOREVER).map(batch_fn).to_iter_dataset(read)
