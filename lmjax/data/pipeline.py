@@ -21,12 +21,12 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from lmjax.config import SAMPLING_KINDS
 from lmjax.data import sources
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 
 Batch = dict[str, np.ndarray]
-SAMPLING_KINDS = ("epochs", "random")
 _FOREVER = 2**62  # batch indices of the endless training stream
 
 
