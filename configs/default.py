@@ -20,7 +20,7 @@ def get_config():
   c.optim.min_learning_rate = 2e-4
   c.optim.warmup_steps = 100
   c.train.batch_size = 16
-  c.train.num_steps = 3000
+  c.train.num_steps = 2500
   c.train.steps_per_call = 10
   c.train.log_every = 100
   c.train.eval_every = 500

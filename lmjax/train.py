@@ -149,47 +149,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   sampler = Sampler(config, model, tokenizer, workdir)
   writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
 
+  def run_eval(step: int, write: bool = True) -> dict[str, float]:
+    metrics = evaluate(eval_fn, state.params, eval_batches, task)
+    logging.info("eval step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"))
+    if write:
+      writer.write(step, "eval", metrics)
+      samples = sampler(state.params, step)
+      if samples:
+        logging.info("sample at step %d:\n%s", step, samples[0])
+    return metrics
+
   end = t.num_steps if stop_at is None else min(stop_at, t.num_steps)
   tokens_per_step = t.batch_size * d.seq_len
   pending: list[dict[str, jax.Array]] = []
-  interval_start, interval_steps, eval_metrics, compiled = time.perf_counter(), 0, {}, False
+  # Throughput counts training only: compiling, evaluating and checkpointing are timed and left out.
+  interval_start, interval_steps, excluded_s, eval_metrics = time.perf_counter(), 0, 0.0, {}
+  first_call = True
   while step < end:
     k = min(t.steps_per_call, end - step)
+    call_start = time.perf_counter()
     batches = _stack([next(train_iter) for _ in range(k)])
     state, step_metrics = train_fn(state, batches)
     pending.append(step_metrics)
     step += k
-    interval_steps += k
-    if interval_steps == k and not compiled:
+    if first_call:
       jax.block_until_ready(step_metrics)
-      logging.info("Compiled and ran the first train call in %.1f s.", time.perf_counter() - interval_start)
-      compiled, interval_start, interval_steps = True, time.perf_counter(), 0  # throughput excludes compiling
+      compile_s = time.perf_counter() - call_start
+      logging.info("Compiled and ran the first train call in %.1f s.", compile_s)
+      excluded_s, first_call = excluded_s + compile_s, False
+    else:
+      interval_steps += k
 
     if step % t.log_every == 0 or step == end:
       fetched = jax.device_get(pending)
       loss = float(np.mean(np.concatenate([np.atleast_1d(m["loss"]) for m in fetched])))
       grad_norm = float(np.mean(np.concatenate([np.atleast_1d(m["grad_norm"]) for m in fetched])))
-      elapsed = time.perf_counter() - interval_start
-      seconds_per_step = elapsed / interval_steps if interval_steps else float("nan")
+      train_s = time.perf_counter() - interval_start - excluded_s
+      seconds_per_step = train_s / interval_steps if interval_steps else float("nan")
       row = {"loss": loss, "grad_norm": grad_norm, "learning_rate": float(schedule(step - 1)),
              "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
       writer.write(step, "train", row)
       logging.info("%s", writers.progress_line(step, t.num_steps, row, seconds_per_step * (t.num_steps - step)))
-      pending, interval_start, interval_steps = [], time.perf_counter(), 0
+      pending, interval_start, interval_steps, excluded_s = [], time.perf_counter(), 0, 0.0
 
+    pause_start = time.perf_counter()
     if step % t.eval_every == 0 or step == t.num_steps:
-      eval_metrics = evaluate(eval_fn, state.params, eval_batches, task)
-      writer.write(step, "eval", eval_metrics)
-      logging.info("eval step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()
-                                                           if k != "tokens"))
-      samples = sampler(state.params, step)
-      if samples:
-        logging.info("sample at step %d:\n%s", step, samples[0])
-      interval_start = time.perf_counter()  # eval time is not training throughput
+      eval_metrics = run_eval(step)
+    checkpointer.save(step, state, train_iter, force=step == end)
+    excluded_s += time.perf_counter() - pause_start
 
-    if checkpointer.save(step, state, train_iter, force=step == end):
-      interval_start = time.perf_counter()
-
+  if not eval_metrics and step >= t.num_steps:  # a finished run started again: report its final metrics
+    eval_metrics = run_eval(step, write=False)
   checkpointer.close()
   writer.close()
   if step >= t.num_steps and t.plot:
