@@ -34,10 +34,10 @@ mkdir -p "$workdir"
 attempt=0
 until "${cmd[@]}" 2>&1 | tee -a "$workdir/train.log"; do
   status=${PIPESTATUS[0]}
-  if [[ "$status" == 2 ]]; then
-    echo "bad input (exit status 2): fix the config or flags; not retrying" >&2
-    exit 2
-  fi
+  case "$status" in
+    2) echo "bad input (exit status 2): fix the config or flags; not retrying" >&2; exit 2 ;;
+    3) echo "training diverged (exit status 3): see the error above; not retrying" >&2; exit 3 ;;
+  esac
   attempt=$((attempt + 1))
   if [[ "$attempt" -gt "$retries" ]]; then
     echo "giving up after $retries restarts (last exit status $status)" >&2

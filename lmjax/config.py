@@ -112,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_samples = 2
   c.train.plot = True
   c.train.tensorboard = True
+  c.train.max_nonfinite_steps = 10  # stop after this many consecutive steps with non-finite loss or gradients
+  c.train.allow_config_change = False  # resume a workdir whose saved model/tokenizer/seq_len config differs
   return c
 
 
@@ -216,7 +218,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       _fail(f"optim.{field}", o[field], "must be in [0, 1)")
 
   for field in ("batch_size", "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
-                "keep_checkpoints", "num_samples"):
+                "keep_checkpoints", "num_samples", "max_nonfinite_steps"):
     _at_least(cfg, f"train.{field}", 1 if field != "num_samples" else 0)
   for field in ("eval_batches", "eval_batch_size", "sample_length", "sample_top_k"):
     _at_least(cfg, f"train.{field}", 0)

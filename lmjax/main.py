@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from lmjax import train, writers
 from lmjax.config import ConfigError
+from lmjax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:arg].",
                                           lock_config=True)
@@ -21,7 +22,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-BAD_INPUT_EXIT_CODE = 2  # distinct from crashes (1), so launch scripts do not retry a run that cannot succeed
+# Exit statuses, distinct from a crash (1), so launch scripts know what to do: retry after preemption (75), not
+# after bad input (2) or divergence (3), which would only fail again.
+BAD_INPUT_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3
 
 
 def fail(message: str) -> None:
@@ -50,6 +54,14 @@ def main(argv):
   config = _CONFIG.value
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
+  except Preempted as e:
+    logging.warning("%s", e)
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
+  except train.NonFiniteError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(DIVERGED_EXIT_CODE)
   except (ConfigError, FileNotFoundError, ValueError) as e:
     # Bad input is reported in one line, not as a traceback.
     logging.error("%s", e)

@@ -20,6 +20,8 @@ class TrainState(struct.PyTreeNode):
   params: Any
   opt_state: Any
   rng: jax.Array  # uint32 key data; per-step keys are fold_in(rng, step), so resuming replays the same randomness
+  nonfinite_streak: jax.Array  # int32: consecutive steps skipped because the loss or gradients were not finite
+  skipped_steps: jax.Array  # int32: all such steps of the run
 
 
 def param_axes(model: nn.Module, sample_tokens_BL: jax.Array) -> Any:
@@ -33,8 +35,9 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   def init() -> TrainState:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
     params = nn.meta.unbox(model.init(init_rng, sample_tokens_BL)["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      rng=train_rng)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=train_rng,
+                      nonfinite_streak=zero, skipped_steps=zero)
   return jax.jit(init)()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lmjax import metrics as metrics_lib
 from lmjax import writers
-from lmjax.checkpoint import Checkpointer
-from lmjax.config import model_config, validate
+from lmjax.checkpoint import Checkpointer, has_checkpoints
+from lmjax.config import ConfigError, model_config, validate
 from lmjax.data import pipeline, sources
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer, build_tokenizer
 from lmjax.decode import generate
 from lmjax.models import build_model
 from lmjax.optim import learning_rate_schedule, make_optimizer
+from lmjax.preemption import Preempted, StopSignals
 from lmjax.state import abstract_train_state, count_params, create_train_state
 from lmjax.step import eval_step, train_steps
 from lmjax.tasks import get_task
+from lmjax.workdir import check_and_record_config
 
 
 def data_dir_of(config: ml_collections.ConfigDict, workdir: Path) -> Path:
@@ -40,9 +44,23 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path) -> Token
                          max_training_chars=config.tokenizer.max_training_chars)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+class NonFiniteError(RuntimeError):
+  """Training diverged: too many consecutive steps had a non-finite loss or gradients."""
+
+
+def check_prompt_fits(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> None:
+  length = 1 + len(tokenizer.encode(config.train.sample_prompt))
+  window = min(config.model.max_len, config.data.seq_len)
+  if config.train.num_samples and length >= window:
+    raise ConfigError(f"config.train.sample_prompt is {length} tokens with <bos>, but samples are generated in a "
+                      f"{window}-token context; shorten the prompt or set train.num_samples=0.")
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether any process has the flag set: all hosts must stop at the same step or their collectives hang."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.asarray(flag, np.int32)).any())
 
 
 def _truncate_metrics_after(workdir: Path, step: int) -> None:
@@ -51,7 +69,9 @@ def _truncate_metrics_after(workdir: Path, step: int) -> None:
   if jax.process_index() != 0 or not path.exists():
     return
   kept = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
-  path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+  tmp = path.with_suffix(".jsonl.tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+  os.replace(tmp, path)  # atomic: a kill here leaves the old file or the new one, never half of one
 
 
 def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -110,10 +130,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   t, d = config.train, config.data
   data_dir = data_dir_of(config, workdir)
 
+  check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
+
   tokenizer = prepare_tokenizer(config, workdir)
   train_tokens = pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir)
   eval_tokens = pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir)
-  save_config(config, workdir)
+  check_prompt_fits(config, tokenizer)
 
   model = build_model(model_config(config, tokenizer.vocab_size))
   task = get_task(config.task)(model, jnp.asarray(tokenizer.token_byte_lengths()),
@@ -131,10 +153,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   sample_tokens_BL = jnp.zeros((1, d.seq_len), jnp.int32)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, every=t.checkpoint_every,
                               async_save=t.async_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
+  restored = None
+  if checkpointer.latest_step() is not None:
     target = abstract_train_state(model, optimizer, config.seed, sample_tokens_BL)
-    state = checkpointer.restore(latest, target, train_iter)
+    restored = checkpointer.restore_latest(target, train_iter)
+  if restored is not None:
+    state, latest = restored
     _truncate_metrics_after(workdir, latest)
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints", latest)
   else:
@@ -165,43 +189,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   # Throughput counts training only: compiling, evaluating and checkpointing are timed and left out.
   interval_start, interval_steps, excluded_s, eval_metrics = time.perf_counter(), 0, 0.0, {}
   first_call = True
-  while step < end:
-    k = min(t.steps_per_call, end - step)
-    call_start = time.perf_counter()
-    batches = _stack([next(train_iter) for _ in range(k)])
-    state, step_metrics = train_fn(state, batches)
-    pending.append(step_metrics)
-    step += k
-    if first_call:
-      jax.block_until_ready(step_metrics)
-      compile_s = time.perf_counter() - call_start
-      logging.info("Compiled and ran the first train call in %.1f s.", compile_s)
-      excluded_s, first_call = excluded_s + compile_s, False
-    else:
-      interval_steps += k
+  try:
+    with StopSignals() as stop:
+      while step < end:
+        k = min(t.steps_per_call, end - step)
+        call_start = time.perf_counter()
+        batches = _stack([next(train_iter) for _ in range(k)])
+        state, step_metrics = train_fn(state, batches)
+        pending.append(step_metrics)
+        step += k
+        if first_call:
+          jax.block_until_ready(step_metrics)
+          compile_s = time.perf_counter() - call_start
+          logging.info("Compiled and ran the first train call in %.1f s.", compile_s)
+          excluded_s, first_call = excluded_s + compile_s, False
+        else:
+          interval_steps += k
 
-    if step % t.log_every == 0 or step == end:
-      fetched = jax.device_get(pending)
-      loss = float(np.mean(np.concatenate([np.atleast_1d(m["loss"]) for m in fetched])))
-      grad_norm = float(np.mean(np.concatenate([np.atleast_1d(m["grad_norm"]) for m in fetched])))
-      train_s = time.perf_counter() - interval_start - excluded_s
-      seconds_per_step = train_s / interval_steps if interval_steps else float("nan")
-      row = {"loss": loss, "grad_norm": grad_norm, "learning_rate": float(schedule(step - 1)),
-             "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
-      writer.write(step, "train", row)
-      logging.info("%s", writers.progress_line(step, t.num_steps, row, seconds_per_step * (t.num_steps - step)))
-      pending, interval_start, interval_steps, excluded_s = [], time.perf_counter(), 0, 0.0
+        if step % t.log_every == 0 or step == end:
+          fetched = jax.device_get(pending)
+          gather = lambda key: np.concatenate([np.atleast_1d(m[key]) for m in fetched])
+          ok = gather("skipped") == 0
+          mean_ok = lambda key: float(np.mean(gather(key)[ok])) if ok.any() else float("nan")
+          train_s = time.perf_counter() - interval_start - excluded_s
+          seconds_per_step = train_s / interval_steps if interval_steps else float("nan")
+          row = {"loss": mean_ok("loss"), "grad_norm": mean_ok("grad_norm"),
+                 "learning_rate": float(schedule(step - 1)), "skipped_steps": float((~ok).sum()),
+                 "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
+          writer.write(step, "train", row)
+          logging.info("%s", writers.progress_line(step, t.num_steps, row, seconds_per_step * (t.num_steps - step)))
+          pending, interval_start, interval_steps, excluded_s = [], time.perf_counter(), 0, 0.0
 
-    pause_start = time.perf_counter()
-    if step % t.eval_every == 0 or step == t.num_steps:
-      eval_metrics = run_eval(step)
-    checkpointer.save(step, state, train_iter, force=step == end)
-    excluded_s += time.perf_counter() - pause_start
+        streak = int(state.nonfinite_streak)
+        if streak >= t.max_nonfinite_steps:
+          raise NonFiniteError(
+              f"stopped at step {step}: the loss or gradients were not finite for {streak} consecutive steps "
+              f"(train.max_nonfinite_steps={t.max_nonfinite_steps}); those steps were skipped, so the checkpoints "
+              f"are intact. Lower optim.learning_rate, raise optim.warmup_steps or check the data.")
+
+        pause_start = time.perf_counter()
+        if step % t.eval_every == 0 or step == t.num_steps:
+          eval_metrics = run_eval(step)
+        checkpointer.save(step, state, train_iter, force=step == end)
+        if _any_process(stop.requested):
+          if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, train_iter, force=True)
+          checkpointer.wait()
+          raise Preempted(step, stop.received or "a stop signal on another process")
+        excluded_s += time.perf_counter() - pause_start
+  finally:
+    checkpointer.close()
+    writer.close()
 
   if not eval_metrics and step >= t.num_steps:  # a finished run started again: report its final metrics
     eval_metrics = run_eval(step, write=False)
-  checkpointer.close()
-  writer.close()
   if step >= t.num_steps and t.plot:
     path = writers.plot_loss_curves(workdir)
     if path:

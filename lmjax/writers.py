@@ -47,7 +47,13 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   path = Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # a line cut short by a killed process
+      logging.warning("Skipping a malformed line in %s: %r", path, line[:80])
+  return records
 
 
 def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], seconds_left: float) -> str:

@@ -1,0 +1,67 @@
+"""The workdir's config.json is the record of a run; a restart must not silently continue a different model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from lmjax.config import ConfigError
+
+# What fixes the shapes of the saved state and the meaning of token ids: changing any of these under an existing
+# checkpoint would either fail to restore or continue a different model.
+IDENTITY_SECTIONS = ("model", "tokenizer")
+IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), ("data", "tfds_name"))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _is_identity(field: str) -> bool:
+  section, _, name = field.partition(".")
+  return section in IDENTITY_SECTIONS or (section, name) in IDENTITY_FIELDS
+
+
+def changed_fields(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  a, b = _flatten(saved), _flatten(new)
+  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_and_record_config(config: ml_collections.ConfigDict, workdir: Path, has_checkpoint: bool) -> None:
+  """Refuses to resume a checkpoint written under a different model, tokenizer or data identity.
+
+  Other changes (learning rate, steps, logging) are allowed with a warning. The previous config.json is kept as
+  config.<unix time>.json whenever it changes, so the record of what ran is never lost.
+  """
+  path = workdir / "config.json"
+  new = config.to_dict()
+  if path.exists():
+    try:
+      saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path} is not valid JSON ({e}); restore it or start in a new --workdir.") from None
+    changes = changed_fields(saved, new)
+    identity = {k: v for k, v in changes.items() if _is_identity(k) and k != "train.allow_config_change"}
+    if has_checkpoint and identity and not config.train.allow_config_change:
+      listed = ", ".join(f"{k}: {old!r} -> {value!r}" for k, (old, value) in identity.items())
+      raise ConfigError(f"--workdir={workdir} holds a run with a different config ({listed}); use a new --workdir, "
+                        f"or pass --config.train.allow_config_change=True to resume it anyway.")
+    if changes:
+      listed = ", ".join(f"{k}: {old!r} -> {value!r}" for k, (old, value) in changes.items())
+      logging.warning("Config differs from the saved %s: %s.", path, listed)
+      if jax.process_index() == 0:
+        path.rename(workdir / f"config.{int(time.time())}.json")
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
