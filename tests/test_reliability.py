@@ -146,3 +146,13 @@ def test_a_metrics_line_cut_short_by_a_kill_is_skipped(tmp_path):
   from lmjax.writers import read_metrics
   (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')
   assert read_metrics(tmp_path) == [{"step": 1, "split": "train", "loss": 2.0}]
+
+
+def test_a_corpus_of_one_enormous_line_trains(tmp_path):
+  path = tmp_path / "one_line.txt"
+  path.write_text("the same few words again " * 100_000)  # 2.5 MB, no newline at all
+  c = tiny.get_config()
+  c.data.source, c.data.paths, c.data.document_split = "files", str(path), "line"
+  c.train.num_steps, c.train.eval_every, c.train.checkpoint_every, c.train.num_samples = 10, 10, 10, 0
+  metrics = train.train_and_evaluate(c, tmp_path / "run")
+  assert np.isfinite(metrics["loss"]) and metrics["tokens"] > 0
