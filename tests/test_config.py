@@ -103,3 +103,17 @@ def test_sentencepiece_needs_vocab_size():
   c = base_config()
   c.tokenizer.kind = "bpe"
   assert "config.tokenizer.vocab_size" in one_line_error(c)
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("model", "dropout", 1.5), ("model", "num_layers", 0), ("optim", "learning_rate", -1e-3), ("optim", "b2", 1.0),
+    ("optim", "schedule", "exponential"), ("optim", "name", "sgd"), ("data", "validation_fraction", 0.0),
+    ("data", "sampling", "shuffle"), ("train", "max_nonfinite_steps", 0), ("train", "log_every", 7),
+    ("model", "position", "rope3"),
+])
+def test_out_of_range_or_unknown_values_name_their_field(section, field, value):
+  c = base_config()
+  c.train.steps_per_call = 5  # makes log_every=7 invalid (not a multiple)
+  c[section][field] = value
+  message = one_line_error(c)
+  assert f"config.{section}.{field}={value!r}" in message
