@@ -19,9 +19,9 @@ SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
 MODEL_NAMES = ("gpt",)
 TASK_NAMES = ("causal_lm",)
-POSITION_KINDS = ("learned", "sinusoidal", "none")
+POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "relu")
+ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")
 ATTENTION_IMPLS = ("xla", "jax")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -64,10 +64,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "gpt"
   c.model.num_layers = 4
   c.model.num_heads = 4
+  c.model.num_kv_heads = 0  # 0: one key/value head per query head; fewer gives grouped-query (1: multi-query)
   c.model.d_model = 128
   c.model.mlp_dim = 512
   c.model.max_len = 256
   c.model.position = "learned"
+  c.model.rope_base = 10000.0  # position='rope': wavelengths of the rotary frequencies
+  c.model.relative_buckets = 32  # position='t5': buckets of the learned relative position bias
+  c.model.relative_max_distance = 128  # position='t5': offsets at least this far apart share the last bucket
   c.model.norm = "layernorm"
   c.model.pre_norm = True
   c.model.activation = "gelu"
@@ -198,6 +202,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if m.d_model % m.num_heads:
     _fail("model.d_model", m.d_model, f"must be divisible by model.num_heads={m.num_heads} "
           f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)})")
+  _at_least(cfg, "model.num_kv_heads", 0)
+  if m.num_kv_heads and m.num_heads % m.num_kv_heads:
+    divisors = [k for k in range(1, m.num_heads + 1) if m.num_heads % k == 0]
+    _fail("model.num_kv_heads", m.num_kv_heads, f"must divide model.num_heads={m.num_heads} "
+          f"(one of {', '.join(map(str, divisors))}) or be 0 for one per head")
+  if m.position == "rope" and (m.d_model // m.num_heads) % 2:
+    _fail("model.d_model", m.d_model, f"gives an odd head width {m.d_model // m.num_heads} with "
+          f"model.num_heads={m.num_heads}; position='rope' rotates pairs of features, so it must be even")
+  _at_least(cfg, "model.rope_base", 1.0, strict=True)
+  _at_least(cfg, "model.relative_buckets", 2)
+  if m.relative_max_distance <= m.relative_buckets // 2:
+    _fail("model.relative_max_distance", m.relative_max_distance,
+          f"must exceed model.relative_buckets // 2 = {m.relative_buckets // 2}, where exact buckets end")
   if d.seq_len > m.max_len and m.position == "learned":
     _fail("data.seq_len", d.seq_len, f"exceeds model.max_len={m.max_len} for learned positions; "
           f"raise model.max_len or lower data.seq_len")
@@ -237,7 +254,11 @@ class ModelConfig:
   d_model: int
   mlp_dim: int
   max_len: int
+  num_kv_heads: int = 0
   position: str = "learned"
+  rope_base: float = 10000.0
+  relative_buckets: int = 32
+  relative_max_distance: int = 128
   norm: str = "layernorm"
   pre_norm: bool = True
   activation: str = "gelu"
@@ -254,6 +275,10 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
 
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:

@@ -156,3 +156,14 @@ def test_a_corpus_of_one_enormous_line_trains(tmp_path):
   c.train.num_steps, c.train.eval_every, c.train.checkpoint_every, c.train.num_samples = 10, 10, 10, 0
   metrics = train.train_and_evaluate(c, tmp_path / "run")
   assert np.isfinite(metrics["loss"]) and metrics["tokens"] > 0
+
+
+def test_fields_added_after_a_run_started_count_as_their_defaults():
+  from lmjax.config import base_config
+  from lmjax.workdir import changed_fields
+  old_record = base_config().to_dict()
+  del old_record["model"]["num_kv_heads"]  # as if saved before the field existed
+  assert changed_fields(old_record, base_config().to_dict()) == {}
+  new = base_config().to_dict()
+  new["model"]["num_kv_heads"] = 2
+  assert changed_fields(old_record, new) == {"model.num_kv_heads": (0, 2)}

@@ -3,6 +3,10 @@
 Two implementations of the same function, chosen by `model.attention_impl`:
   'xla'  the reference: two einsums and a float32 softmax, readable and differentiable everywhere;
   'jax'  jax.nn.dot_product_attention, which dispatches to cuDNN flash attention on GPU.
+Position biases (ALiBi, T5) always take the reference path, which adds them to the logits before the mask.
+
+Grouped-query attention (`model.num_kv_heads` < `model.num_heads`) shares each key/value head among G = H / K
+consecutive query heads: query head h = k * G + g reads key/value head k.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from flax import linen as nn
 
 from lmjax.config import ModelConfig
 from lmjax.models.layers import dtype_of, normal_init, zeros_init
+from lmjax.models.positional import apply_rope
 
 _MASKED = -1e30  # large but finite, so fully masked rows (padding) give a uniform softmax instead of NaN
 
@@ -36,52 +41,85 @@ def attention_mask(segment_ids_BL: jax.Array | None, kv_segment_ids_BM: jax.Arra
   return valid_BLM[:, None]
 
 
-def reference_attention(q_BLHd: jax.Array, k_BMHd: jax.Array, v_BMHd: jax.Array, mask_B1LM: jax.Array,
-                        dropout_rng: jax.Array | None = None, dropout_rate: float = 0.0) -> jax.Array:
-  scale = q_BLHd.shape[-1] ** -0.5
-  scores_BHLM = jnp.einsum("BLHd,BMHd->BHLM", q_BLHd * scale, k_BMHd).astype(jnp.float32)
+def reference_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mask_B1LM: jax.Array,
+                        dropout_rng: jax.Array | None = None, dropout_rate: float = 0.0,
+                        bias_BHLM: jax.Array | None = None) -> jax.Array:
+  """softmax(Q K^T / sqrt(d) + bias) V. Keys and values may have fewer heads K than queries (H = K * G)."""
+  B, L, H, d = q_BLHd.shape
+  K = k_BMKd.shape[2]
+  scale = d ** -0.5
+  if K == H:
+    scores_BHLM = jnp.einsum("BLHd,BMHd->BHLM", q_BLHd * scale, k_BMKd).astype(jnp.float32)
+  else:
+    # Grouped heads are contracted against their shared key head directly, never materializing repeated keys.
+    q_BLKGd = (q_BLHd * scale).reshape(B, L, K, H // K, d)
+    scores_BHLM = jnp.einsum("BLKGd,BMKd->BKGLM", q_BLKGd, k_BMKd).astype(jnp.float32).reshape(B, H, L, -1)
+  if bias_BHLM is not None:
+    scores_BHLM = scores_BHLM + bias_BHLM.astype(jnp.float32)
   scores_BHLM = jnp.where(mask_B1LM, scores_BHLM, _MASKED)
   probs_BHLM = jax.nn.softmax(scores_BHLM, axis=-1)
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BHLM.shape)
     probs_BHLM = jnp.where(keep, probs_BHLM / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("BHLM,BMHd->BLHd", probs_BHLM.astype(v_BMHd.dtype), v_BMHd)
+  probs_BHLM = probs_BHLM.astype(v_BMKd.dtype)
+  if K == H:
+    return jnp.einsum("BHLM,BMHd->BLHd", probs_BHLM, v_BMKd)
+  probs_BKGLM = probs_BHLM.reshape(B, K, H // K, L, -1)
+  return jnp.einsum("BKGLM,BMKd->BLKGd", probs_BKGLM, v_BMKd).reshape(B, L, H, d)
 
 
-def fused_attention(q_BLHd: jax.Array, k_BMHd: jax.Array, v_BMHd: jax.Array, mask_B1LM: jax.Array) -> jax.Array:
+def fused_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mask_B1LM: jax.Array) -> jax.Array:
   # jax.nn.dot_product_attention cannot mask a row completely; padding rows are zeroed afterwards by the caller's
   # loss mask, and a fully masked row here only needs to stay finite, which the XLA path of this op guarantees.
-  return jax.nn.dot_product_attention(q_BLHd, k_BMHd, v_BMHd, mask=mask_B1LM)
+  # It groups query heads over fewer key/value heads the same way (h = k * G + g).
+  return jax.nn.dot_product_attention(q_BLHd, k_BMKd, v_BMKd, mask=mask_B1LM)
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head self-attention with one fused QKV projection (a single matmul per layer)."""
+  """Multi-head self-attention.
+
+  With one key/value head per query head, a single fused QKV projection (one matmul per layer); with fewer
+  (grouped-query, multi-query), separate 'q' and 'kv' projections, since the two outputs differ in width.
+  """
   cfg: ModelConfig
   out_std: float
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool, *,
+               positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     B, L, D = x_BLD.shape
+    H, K, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    dense = lambda feats, name: nn.DenseGeneral(
+        feats, use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=normal_init(cfg.init_std, "embed", *(None,) * (len(feats) - 2), "heads", "kv"),
+        bias_init=zeros_init(*(None,) * (len(feats) - 2), "heads", "kv"), name=name)
     # Projections run on tokens flattened to N = B*L: see Mlp for why this matters for the backward pass.
-    qkv_N3Hd = nn.DenseGeneral(
-        (3, cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=normal_init(cfg.init_std, "embed", None, "heads", "kv"),
-        bias_init=zeros_init(None, "heads", "kv"), name="qkv")(x_BLD.reshape(B * L, D))
-    qkv_BL3Hd = qkv_N3Hd.reshape(B, L, 3, cfg.num_heads, cfg.head_dim)
-    q_BLHd, k_BLHd, v_BLHd = (qkv_BL3Hd[:, :, i] for i in range(3))
+    x_ND = x_BLD.reshape(B * L, D)
+    if K == H:
+      qkv_BL3Hd = dense((3, H, d), "qkv")(x_ND).reshape(B, L, 3, H, d)
+      q_BLHd, k_BLKd, v_BLKd = (qkv_BL3Hd[:, :, i] for i in range(3))
+    else:
+      q_BLHd = dense((H, d), "q")(x_ND).reshape(B, L, H, d)
+      kv_BL2Kd = dense((2, K, d), "kv")(x_ND).reshape(B, L, 2, K, d)
+      k_BLKd, v_BLKd = kv_BL2Kd[:, :, 0], kv_BL2Kd[:, :, 1]
+    if cfg.position == "rope":
+      if positions_BL is None:
+        positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+      q_BLHd = apply_rope(q_BLHd, positions_BL, cfg.rope_base)
+      k_BLKd = apply_rope(k_BLKd, positions_BL, cfg.rope_base)
     q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
 
     use_dropout = not deterministic and cfg.attention_dropout > 0.0
-    if cfg.attention_impl == "jax" and not use_dropout:
-      out_BLHd = fused_attention(q_BLHd, k_BLHd, v_BLHd, mask_B1LM)
+    if cfg.attention_impl == "jax" and not use_dropout and bias_BHLM is None:
+      out_BLHd = fused_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM)
     else:
       rng = self.make_rng("dropout") if use_dropout else None
-      out_BLHd = reference_attention(q_BLHd, k_BLHd, v_BLHd, mask_B1LM, rng, cfg.attention_dropout)
+      out_BLHd = reference_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM, rng, cfg.attention_dropout, bias_BHLM)
 
     y_ND = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
         kernel_init=normal_init(self.out_std, "heads", "kv", "embed"), bias_init=zeros_init("embed"),
-        name="out")(out_BLHd.reshape(B * L, cfg.num_heads, cfg.head_dim))
+        name="out")(out_BLHd.reshape(B * L, H, d))
     return nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)

@@ -54,9 +54,15 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 
+# Gated linear units (Shazeer, 2020): act(x W_gate) * (x W_up), the gate's nonlinearity by name.
+GATED_ACTIVATIONS = {
+    "swiglu": jax.nn.silu,
+    "geglu": ACTIVATIONS["gelu"],
+}
+
 
 class Mlp(nn.Module):
-  """Position-wise feed-forward: D -> F -> D."""
+  """Position-wise feed-forward: D -> F -> D, or for gated activations two D -> F projections multiplied."""
   cfg: ModelConfig
   out_std: float
 
@@ -70,8 +76,13 @@ class Mlp(nn.Module):
     # Tokens are flattened to one axis (N = B*L) so each weight gradient contracts a single axis: with two
     # contracted axes XLA:CPU materializes transposed activations, which made the backward pass 2.5x slower.
     x_ND = x_BLD.reshape(B * L, D)
-    h_NF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi")(x_ND)
-    h_NF = ACTIVATIONS[cfg.activation](h_NF)
+    if cfg.activation in GATED_ACTIVATIONS:
+      gate_NF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi_gate")(x_ND)
+      up_NF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi_up")(x_ND)
+      h_NF = GATED_ACTIVATIONS[cfg.activation](gate_NF) * up_NF
+    else:
+      h_NF = dense(cfg.mlp_dim, cfg.init_std, ("embed", "mlp"), "wi")(x_ND)
+      h_NF = ACTIVATIONS[cfg.activation](h_NF)
     h_NF = nn.with_logical_constraint(h_NF, ("activation_tokens", "mlp"))
     y_ND = dense(cfg.d_model, self.out_std, ("mlp", "embed"), "wo")(h_NF)
     return nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)

@@ -1,4 +1,8 @@
-"""The GPT decoder: token embedding + absolute positions, a stack of attention/MLP blocks, tied or untied logits."""
+"""The GPT decoder: token embedding + absolute positions, a stack of attention/MLP blocks, tied or untied logits.
+
+Relative positions ('rope', 'alibi', 't5') live inside attention: the Decoder computes an ALiBi or T5 bias once and
+hands it, or the per-document positions for rotary embeddings, to every block.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from flax import linen as nn
 from lmjax.config import ModelConfig
 from lmjax.models.attention import MultiHeadAttention, attention_mask
 from lmjax.models.layers import Mlp, Norm, dtype_of, normal_init
-from lmjax.models.positional import AbsolutePositions
+from lmjax.models.positional import AbsolutePositions, RelativePositionBias, alibi_bias
 
 
 class Block(nn.Module):
@@ -19,17 +23,19 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool, *,
+               positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
     # GPT-2 scales the init of projections that write into the residual stream by 1/sqrt(2 * layers).
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    attn = MultiHeadAttention(cfg, out_std, name="attn")
+    attn_module = MultiHeadAttention(cfg, out_std, name="attn")
+    attn = lambda h_BLD: attn_module(h_BLD, mask_B1LM, deterministic, positions_BL=positions_BL, bias_BHLM=bias_BHLM)
     mlp = Mlp(cfg, out_std, name="mlp")
     if cfg.pre_norm:
-      x_BLD = x_BLD + attn(Norm(cfg, name="ln_attn")(x_BLD), mask_B1LM, deterministic)
+      x_BLD = x_BLD + attn(Norm(cfg, name="ln_attn")(x_BLD))
       x_BLD = x_BLD + mlp(Norm(cfg, name="ln_mlp")(x_BLD), deterministic)
     else:
-      x_BLD = Norm(cfg, name="ln_attn")(x_BLD + attn(x_BLD, mask_B1LM, deterministic))
+      x_BLD = Norm(cfg, name="ln_attn")(x_BLD + attn(x_BLD))
       x_BLD = Norm(cfg, name="ln_mlp")(x_BLD + mlp(x_BLD, deterministic))
     return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
 
@@ -52,8 +58,15 @@ class Decoder(nn.Module):
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
 
     mask_B1LM = attention_mask(segment_ids_BL, causal=True, length=L)
+    bias_BHLM = None
+    if cfg.position == "alibi":
+      bias_BHLM = alibi_bias(positions_BL, cfg.num_heads)
+    elif cfg.position == "t5":
+      # One table for the whole stack, as in T5, where only the first layer owns it and the rest reuse its output.
+      bias_BHLM = RelativePositionBias(cfg, bidirectional=False, name="relative_bias")(positions_BL)
     for i in range(cfg.num_layers):
-      x_BLD = Block(cfg, name=f"layer_{i}")(x_BLD, mask_B1LM, deterministic)
+      x_BLD = Block(cfg, name=f"layer_{i}")(x_BLD, mask_B1LM, deterministic, positions_BL=positions_BL,
+                                            bias_BHLM=bias_BHLM)
     if cfg.pre_norm:
       x_BLD = Norm(cfg, name="ln_final")(x_BLD)
 
