@@ -17,7 +17,7 @@ DATA_SOURCES = ("embedded", "files", "tfds")
 DOCUMENT_SPLITS = ("file", "paragraph", "line")
 SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
-MODEL_NAMES = ("gpt",)
+MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram")
 TASK_NAMES = ("causal_lm",)
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -27,6 +27,8 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("matrices", "all", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "save_dots")
+MESH_AXES = ("data", "fsdp", "tensor")
 
 
 class ConfigError(ValueError):
@@ -83,6 +85,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype
   c.model.param_dtype = "float32"
   c.model.init_std = 0.02
+  c.model.remat = "none"  # recompute activations in the backward pass: 'none', 'full', or 'save_dots' (keep matmuls)
+  c.model.ffnn_context = 8  # model.name='ffnn': previous tokens the feed-forward LM sees (Bengio et al. 2003)
+  c.model.ngram_order = 5  # model.name='ngram': n of the Kneser-Ney n-gram model
+
+  # Devices form a mesh with axes (data, fsdp, tensor); -1 takes the devices the other axes leave. Parameters and
+  # activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b" splits over
+  # both), so a new sharding layout is a config change, not a code change.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = ml_collections.ConfigDict()
+  c.mesh.rules.batch = "data,fsdp"
+  c.mesh.rules.activation_tokens = "data,fsdp"
+  c.mesh.rules.length = ""
+  c.mesh.rules.embed = "fsdp"
+  c.mesh.rules.vocab = "tensor"
+  c.mesh.rules.mlp = "tensor"
+  c.mesh.rules.heads = "tensor"
+  c.mesh.rules.kv = ""
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -101,11 +123,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 12  # global, in sequences
   c.train.num_steps = 2000
+  c.train.microbatches = 1  # gradient accumulation: each step sums gradients over this many slices of the batch
   c.train.steps_per_call = 1  # train steps fused into one jitted call (a lax.scan): fewer dispatches for tiny models
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.eval_batches = 20  # 0 -> the whole validation split
   c.train.eval_batch_size = 0  # 0 -> train.batch_size
+  c.train.extra_eval_seq_lens = ""  # e.g. "512,1024": also evaluate at these context lengths (length extrapolation)
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
   c.train.async_checkpoints = True
@@ -179,7 +203,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                          ("tokenizer.kind", TOKENIZER_KINDS), ("model.name", MODEL_NAMES),
                          ("model.position", POSITION_KINDS), ("model.norm", NORM_KINDS),
                          ("model.activation", ACTIVATIONS), ("model.attention_impl", ATTENTION_IMPLS),
-                         ("model.dtype", DTYPES), ("model.param_dtype", DTYPES), ("optim.name", OPTIMIZERS),
+                         ("model.dtype", DTYPES), ("model.param_dtype", DTYPES), ("model.remat", REMAT_POLICIES),
+                         ("optim.name", OPTIMIZERS),
                          ("optim.schedule", SCHEDULES), ("optim.decay_mask", DECAY_MASKS)):
     _one_of(cfg, field, choices)
 
@@ -222,6 +247,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not 0.0 <= m[field] < 1.0:
       _fail(f"model.{field}", m[field], "must be in [0, 1)")
   _at_least(cfg, "model.init_std", 0.0, strict=True)
+  _at_least(cfg, "model.ffnn_context", 1)
+  _at_least(cfg, "model.ngram_order", 1)
+
+  sizes = {axis: cfg.mesh[axis] for axis in MESH_AXES}
+  for axis, size in sizes.items():
+    if size == 0 or size < -1:
+      _fail(f"mesh.{axis}", size, "must be a positive device count, or -1 to take the devices left over")
+  if list(sizes.values()).count(-1) > 1:
+    _fail("mesh", sizes, "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+  for logical, mesh_axes in cfg.mesh.rules.items():
+    named = [a.strip() for a in mesh_axes.split(",") if a.strip()]
+    unknown = [a for a in named if a not in MESH_AXES]
+    if unknown or len(set(named)) != len(named):
+      _fail(f"mesh.rules.{logical}", mesh_axes,
+            f"give mesh axes from {', '.join(MESH_AXES)} separated by commas, each at most once, or '' to replicate")
 
   _at_least(cfg, "optim.learning_rate", 0.0, strict=True)
   _at_least(cfg, "optim.min_learning_rate", 0.0)
@@ -234,15 +274,32 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not 0.0 <= o[field] < 1.0:
       _fail(f"optim.{field}", o[field], "must be in [0, 1)")
 
-  for field in ("batch_size", "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
+  for field in ("batch_size", "num_steps", "microbatches", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "num_samples", "max_nonfinite_steps"):
     _at_least(cfg, f"train.{field}", 1 if field != "num_samples" else 0)
   for field in ("eval_batches", "eval_batch_size", "sample_length", "sample_top_k"):
     _at_least(cfg, f"train.{field}", 0)
   _at_least(cfg, "train.sample_temperature", 0.0)
+  if t.batch_size % t.microbatches:
+    _fail("train.microbatches", t.microbatches, f"must divide train.batch_size={t.batch_size}")
+  try:
+    extra_lens = parse_lengths(t.extra_eval_seq_lens)
+  except ValueError:
+    extra_lens = [0]
+  if any(n < 1 for n in extra_lens):
+    _fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, "give positive integers separated by commas, e.g. '512,1024'")
+  for n in extra_lens:
+    if n > m.max_len and m.position == "learned":
+      _fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"{n} exceeds model.max_len={m.max_len}, the size of "
+            f"the learned position table; raise model.max_len")
   for field in ("log_every", "eval_every", "checkpoint_every"):
     if t[field] % t.steps_per_call:
       _fail(f"train.{field}", t[field], f"must be a multiple of train.steps_per_call={t.steps_per_call}")
+
+
+def parse_lengths(text: str) -> list[int]:
+  """'512, 1024' -> [512, 1024]; '' -> []."""
+  return [int(part) for part in text.split(",") if part.strip()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +327,8 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: float = 0.02
+  remat: str = "none"
+  ffnn_context: int = 8
   name: str = "gpt"
 
   @property

@@ -136,6 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   train_tokens = pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir)
   eval_tokens = pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir)
   check_prompt_fits(config, tokenizer)
+  if config.model.name == "ngram":  # count-based: fitted in one pass over the data, no gradient steps
+    from lmjax.models.ngram import fit_and_evaluate
+    return fit_and_evaluate(config, workdir, tokenizer, train_tokens, eval_tokens)
 
   model = build_model(model_config(config, tokenizer.vocab_size))
   task = get_task(config.task)(model, jnp.asarray(tokenizer.token_byte_lengths()),
