@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -169,7 +170,12 @@ def load_saved_state(directory: str | os.PathLike, step: int | None = None) -> d
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {directory}; train first or pass a workdir that has checkpoints/.")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Restored onto this process's first device whatever mesh saved it, so a pod's checkpoint opens on a laptop.
+  with ocp.StandardCheckpointer() as reader:
+    metadata = reader.metadata(os.path.join(os.path.abspath(directory), str(step), "state")).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   manager.close()
   return restored["state"]
 

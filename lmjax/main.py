@@ -12,13 +12,18 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmjax import train, writers
+from lmjax import distributed, train, writers
 from lmjax.config import ConfigError
 from lmjax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:arg].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and plots.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0, for multi-process runs outside Cloud TPU and SLURM "
+    "(there it is found automatically).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,6 +58,7 @@ def main(argv):
   writers.quiet_library_logs()
   config = _CONFIG.value
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value)
   except Preempted as e:
     logging.warning("%s", e)

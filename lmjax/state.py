@@ -1,7 +1,9 @@
-"""Train state and its initialization.
+"""Train state and its sharded initialization.
 
-Parameters are created through `jax.eval_shape` first, so the structure (and the logical axis names each
-parameter carries) is known without allocating anything; the real initialization is then one jitted call.
+The state is first traced with `jax.eval_shape`: shapes, dtypes and the logical axis names every parameter (and,
+through it, every optimizer moment) carries, with nothing allocated. Those names give each leaf a NamedSharding,
+and the real initialization is one jitted call with those `out_shardings`, so every device creates only its own
+shard: a model larger than one device's memory never exists whole anywhere.
 """
 
 from __future__ import annotations
@@ -30,21 +32,45 @@ def param_axes(model: nn.Module, sample_tokens_BL: jax.Array) -> Any:
   return nn.get_partition_spec(boxed)
 
 
+def _init_boxed(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
+                sample_tokens_BL: jax.Array) -> TrainState:
+  """The state with parameters still wrapped in nn.Partitioned boxes, so optimizer moments inherit their names."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(init_rng, sample_tokens_BL)["params"]
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=train_rng,
+                    nonfinite_streak=zero, skipped_steps=zero)
+
+
+def _strip_boxes(tree: Any) -> Any:
+  """The values inside nn.Partitioned boxes. (nn.meta.unbox would also add sharding constraints, which only make
+  sense on traced arrays, not on the shape structs of eval_shape.)"""
+  return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                                is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
+                    sample_tokens_BL: jax.Array, mesh: Any, rules: Any) -> TrainState:
+  """A NamedSharding per state leaf, from the logical axes of the parameters and config.mesh.rules."""
+  from lmjax import sharding  # plain JAX; imported here to keep this module's import light
+  boxed = jax.eval_shape(lambda: _init_boxed(model, optimizer, seed, sample_tokens_BL))
+  return sharding.tree_shardings(_strip_boxes(boxed), nn.get_partition_spec(boxed), mesh, rules)
+
+
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                       sample_tokens_BL: jax.Array) -> TrainState:
-  def init() -> TrainState:
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    params = nn.meta.unbox(model.init(init_rng, sample_tokens_BL)["params"])
-    zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=train_rng,
-                      nonfinite_streak=zero, skipped_steps=zero)
-  return jax.jit(init)()
+                       sample_tokens_BL: jax.Array, shardings: Any = None) -> TrainState:
+  """Initialized state; with `shardings` (from state_shardings) each device materializes only its shard."""
+  init = lambda: _strip_boxes(_init_boxed(model, optimizer, seed, sample_tokens_BL))
+  return jax.jit(init, out_shardings=shardings)()
 
 
 def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                         sample_tokens_BL: jax.Array) -> TrainState:
-  """Shapes and dtypes only: the restore target for a checkpoint."""
-  return jax.eval_shape(lambda: create_train_state(model, optimizer, seed, sample_tokens_BL))
+                         sample_tokens_BL: jax.Array, shardings: Any = None) -> TrainState:
+  """Shapes, dtypes and (given) shardings only: the restore target for a checkpoint, which restores sharded."""
+  shapes = jax.eval_shape(lambda: _strip_boxes(_init_boxed(model, optimizer, seed, sample_tokens_BL)))
+  if shardings is None:
+    return shapes
+  return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def count_params(params: Any) -> int:

@@ -11,10 +11,47 @@ import optax
 from lmjax.state import TrainState
 
 
+def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, task: Any,
+                      microbatches: int) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+  """The large batch's loss and gradients, computed one microbatch at a time to bound activation memory.
+
+  Each microbatch contributes its summed token loss, and the total is divided by all tokens of the batch, so the
+  result is the large batch's token-mean, not a mean of microbatch means (they differ when padding differs).
+  Microbatch m takes rows m, m + M, m + 2M, ...: with rows sharded over devices, every device keeps working on its
+  own rows and nothing moves between devices.
+  """
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1)
+  micro = jax.tree_util.tree_map(split, batch)
+
+  def summed_loss(p, mb, r):
+    loss, aux = task.loss(p, mb, r)
+    return loss * aux["tokens"], aux
+
+  def body(carry, inputs):
+    grads_sum, loss_sum, tokens = carry
+    index, mb = inputs
+    (loss_m, aux), grads = jax.value_and_grad(summed_loss, has_aux=True)(params, mb, jax.random.fold_in(rng, index))
+    grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
+    return (grads_sum, loss_sum + loss_m, tokens + aux["tokens"]), None
+
+  zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+  (grads_sum, loss_sum, tokens), _ = jax.lax.scan(body, init, (jnp.arange(microbatches), micro))
+  denominator = jnp.maximum(tokens, 1.0)
+  grads = jax.tree_util.tree_map(lambda g, p: (g / denominator).astype(p.dtype), grads_sum, params)
+  loss = loss_sum / denominator
+  return (loss, {"loss": loss, "tokens": tokens}), grads
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Any,
-               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+               optimizer: optax.GradientTransformation,
+               microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   rng = jax.random.fold_in(state.rng, state.step)
-  (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng)
+  if microbatches == 1:
+    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng)
+  else:
+    (loss, aux), grads = accumulated_grads(state.params, batch, rng, task=task, microbatches=microbatches)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -32,10 +69,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Any,
 
 
 def train_steps(state: TrainState, batches: dict[str, jax.Array], *, task: Any,
-                optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+                optimizer: optax.GradientTransformation,
+                microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """Several steps in one call: `batches` has a leading steps axis [S, B, L]. Metrics come back as [S]."""
   def body(s, batch):
-    return train_step(s, batch, task=task, optimizer=optimizer)
+    return train_step(s, batch, task=task, optimizer=optimizer, microbatches=microbatches)
   return jax.lax.scan(body, state, batches)
 
 

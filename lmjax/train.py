@@ -17,18 +17,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import metrics as metrics_lib
-from lmjax import writers
+from lmjax import programs, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
-from lmjax.config import ConfigError, model_config, validate
+from lmjax.config import ConfigError, parse_lengths, validate
 from lmjax.data import pipeline, sources
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer, build_tokenizer
 from lmjax.decode import generate
-from lmjax.models import build_model
-from lmjax.optim import learning_rate_schedule, make_optimizer
+from lmjax.optim import learning_rate_schedule
 from lmjax.preemption import Preempted, StopSignals
 from lmjax.state import abstract_train_state, count_params, create_train_state
-from lmjax.step import eval_step, train_steps
-from lmjax.tasks import get_task
 from lmjax.workdir import check_and_record_config
 
 
@@ -63,6 +60,20 @@ def _any_process(flag: bool) -> bool:
   return bool(multihost_utils.process_allgather(np.asarray(flag, np.int32)).any())
 
 
+def _process_zero_first(fn):
+  """Runs fn on process 0, then on the others: with a shared workdir, process 0 writes config.json, the tokenizer
+  and the data caches, and the rest read them instead of racing to write the same files."""
+  if jax.process_count() == 1:
+    return fn()
+  if jax.process_index() == 0:
+    try:
+      return fn()
+    finally:  # reached even when fn fails, so the others are not left waiting; they then fail the same way
+      multihost_utils.sync_global_devices("lmjax: workdir prepared")
+  multihost_utils.sync_global_devices("lmjax: workdir prepared")
+  return fn()
+
+
 def _truncate_metrics_after(workdir: Path, step: int) -> None:
   """A resumed run rewrites history from its checkpoint on, so drop records a killed run logged past it."""
   path = workdir / "metrics.jsonl"
@@ -81,22 +92,27 @@ def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class Sampler:
   """Writes generated text to workdir/samples/step_NNNNNN.txt so a person can read what the model learned."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model: Any, tokenizer: Tokenizer, workdir: Path):
+  def __init__(self, config: ml_collections.ConfigDict, model: Any, tokenizer: Tokenizer, workdir: Path,
+               mesh: jax.sharding.Mesh, rules: sharding.Rules):
     t = config.train
     self.tokenizer, self.num, self.dir = tokenizer, t.num_samples, workdir / "samples"
     prompt = [BOS_ID] + tokenizer.encode(t.sample_prompt).tolist()
     self.prompt_text = t.sample_prompt
-    self.prompt_BP = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (max(self.num, 1), 1)))
+    self.prompt_BP = sharding.replicated(np.tile(np.asarray(prompt, np.int32), (max(self.num, 1), 1)), mesh)
     window = min(config.model.max_len, config.data.seq_len)
+    # Replicated output: every process can read the samples, whatever the mesh.
     self._generate = jax.jit(functools.partial(
         generate, model, num_new=t.sample_length, window=window, temperature=t.sample_temperature,
-        top_k=t.sample_top_k))
+        top_k=t.sample_top_k), out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    self.mesh, self.rules = mesh, sharding.without_batch_sharding(rules)
     self.seed = config.seed
 
   def __call__(self, params: Any, step: int) -> list[str]:
     if self.num == 0:
       return []
-    tokens_BT = np.asarray(self._generate(params, self.prompt_BP, jax.random.PRNGKey(self.seed + step)))
+    rng = sharding.replicated(np.asarray(jax.random.PRNGKey(self.seed + step)), self.mesh)
+    with sharding.activate(self.mesh, self.rules):  # a few prompts: replicated, not split over batch shards
+      tokens_BT = np.asarray(self._generate(params, self.prompt_BP, rng).addressable_data(0))
     texts = []
     for row in tokens_BT:
       new = row[self.prompt_BP.shape[1]:].tolist()
@@ -125,62 +141,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   preempted job would; rerunning continues to num_steps.
   """
   validate(config)
+  # The mesh is checked against the devices before any data is read or anything compiles.
+  sharding.check_batch_fits(config, sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh))
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  t, d = config.train, config.data
+  d = config.data
   data_dir = data_dir_of(config, workdir)
 
-  check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
-
-  tokenizer = prepare_tokenizer(config, workdir)
-  train_tokens = pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir)
-  eval_tokens = pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir)
+  def prepare():
+    check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
+    tokenizer = prepare_tokenizer(config, workdir)
+    return (tokenizer, pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir),
+            pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
+  tokenizer, train_tokens, eval_tokens = _process_zero_first(prepare)
   check_prompt_fits(config, tokenizer)
   if config.model.name == "ngram":  # count-based: fitted in one pass over the data, no gradient steps
     from lmjax.models.ngram import fit_and_evaluate
     return fit_and_evaluate(config, workdir, tokenizer, train_tokens, eval_tokens)
+  progs = programs.build(config, tokenizer.vocab_size, token_bytes_V=tokenizer.token_byte_lengths(),
+                         token_chars_V=tokenizer.token_char_lengths())
+  with sharding.activate(progs.mesh, progs.rules):
+    return _train(config, workdir, progs, tokenizer, train_tokens, eval_tokens, stop_at)
 
-  model = build_model(model_config(config, tokenizer.vocab_size))
-  task = get_task(config.task)(model, jnp.asarray(tokenizer.token_byte_lengths()),
-                               jnp.asarray(tokenizer.token_char_lengths()))
-  optimizer = make_optimizer(config.optim, t.num_steps)
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Programs, tokenizer: Tokenizer,
+           train_tokens: pipeline.TokenizedSplit, eval_tokens: pipeline.TokenizedSplit,
+           stop_at: int | None) -> dict[str, float]:
+  t, d = config.train, config.data
+  model, task, optimizer, mesh = progs.model, progs.task, progs.optimizer, progs.mesh
+  train_fn, eval_fn, shardings = progs.train_fn, progs.eval_fn, progs.state_shardings
   schedule = learning_rate_schedule(config.optim, t.num_steps)
 
   train_iter = iter(pipeline.make_train_dataset(
       train_tokens, d.seq_len, t.batch_size, seed=d.shuffle_seed,
       process_index=jax.process_index(), process_count=jax.process_count(), sampling=d.sampling))
-  eval_batches = list(pipeline.make_eval_batches(
-      eval_tokens, d.seq_len, t.eval_batch_size or t.batch_size, max_batches=t.eval_batches or None,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+  def eval_batches_at(seq_len: int) -> list[dict[str, jax.Array]]:
+    local = pipeline.make_eval_batches(
+        eval_tokens, seq_len, t.eval_batch_size or t.batch_size, max_batches=t.eval_batches or None,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    return [sharding.global_batch(b, mesh, progs.eval_batch_spec) for b in local]
+  eval_sets = {"eval": eval_batches_at(d.seq_len)}
+  for length in parse_lengths(t.extra_eval_seq_lens):
+    eval_sets[f"eval_len{length}"] = eval_batches_at(length)
 
   sample_tokens_BL = jnp.zeros((1, d.seq_len), jnp.int32)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, every=t.checkpoint_every,
                               async_save=t.async_checkpoints)
   restored = None
   if checkpointer.latest_step() is not None:
-    target = abstract_train_state(model, optimizer, config.seed, sample_tokens_BL)
+    target = abstract_train_state(model, optimizer, config.seed, sample_tokens_BL, shardings)
     restored = checkpointer.restore_latest(target, train_iter)
   if restored is not None:
     state, latest = restored
     _truncate_metrics_after(workdir, latest)
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints", latest)
   else:
-    state = create_train_state(model, optimizer, config.seed, sample_tokens_BL)
+    state = create_train_state(model, optimizer, config.seed, sample_tokens_BL, shardings)
   step = int(state.step)
+  logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %d train tokens, %d eval tokens.",
                config.model.name, f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind,
                train_tokens.num_tokens, eval_tokens.num_tokens)
 
-  train_fn = jax.jit(functools.partial(train_steps, task=task, optimizer=optimizer), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, task=task))
-  sampler = Sampler(config, model, tokenizer, workdir)
+  sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules)
   writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
 
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
-    metrics = evaluate(eval_fn, state.params, eval_batches, task)
-    logging.info("eval step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"))
+    for split, batches in eval_sets.items():
+      split_metrics = evaluate(eval_fn, state.params, batches, task)
+      logging.info("%s step %d | %s", split, step,
+                   " | ".join(f"{k} {v:.4f}" for k, v in split_metrics.items() if k != "tokens"))
+      if write:
+        writer.write(step, split, split_metrics)
+      if split == "eval":
+        metrics = split_metrics
     if write:
-      writer.write(step, "eval", metrics)
       samples = sampler(state.params, step)
       if samples:
         logging.info("sample at step %d:\n%s", step, samples[0])
@@ -197,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       while step < end:
         k = min(t.steps_per_call, end - step)
         call_start = time.perf_counter()
-        batches = _stack([next(train_iter) for _ in range(k)])
+        batches = sharding.global_batch(_stack([next(train_iter) for _ in range(k)]), mesh, progs.train_batch_spec)
         state, step_metrics = train_fn(state, batches)
         pending.append(step_metrics)
         step += k

@@ -31,6 +31,8 @@ def test_there_are_configs():
 def test_config_file_validates_and_builds(path):
   config = load_config(path)
   validate(config)
+  if config.model.name == "ngram":
+    return  # counts, not a Flax module: its own tests build it
   vocab = config.tokenizer.vocab_size or 300
   model = build_model(model_config(config, vocab))
   tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)

@@ -172,21 +172,20 @@ def short_runs(corpus, tmp_path_factory):
   return config, root / "straight", root / "at20"
 
 
-def array_data_file(step_dir: Path) -> Path:
-  """The largest array data file of the step's state: the one holding the parameters and optimizer moments."""
-  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-  return max(files, key=lambda p: p.stat().st_size)
+def array_data_files(step_dir: Path) -> list[Path]:
+  """The array data files of the step's state (one per writing device or shard group, depending on the mesh)."""
+  return [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
 def truncate_array_file(step_dir: Path) -> None:
-  path = array_data_file(step_dir)
-  with path.open("r+b") as f:
-    f.truncate(path.stat().st_size // 2)
+  for path in array_data_files(step_dir):
+    with path.open("r+b") as f:
+      f.truncate(path.stat().st_size // 2)
 
 
 def overwrite_array_file(step_dir: Path) -> None:
-  path = array_data_file(step_dir)
-  path.write_bytes(bytes(path.stat().st_size))
+  for path in array_data_files(step_dir):
+    path.write_bytes(bytes(path.stat().st_size))
 
 
 def break_iterator_json(step_dir: Path) -> None:

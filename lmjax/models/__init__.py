@@ -5,9 +5,12 @@
   F  MLP hidden width     V  vocabulary size        K  key/value heads (grouped-query attention)
 
 Logical axis names given to parameters and activations (mapped to mesh axes by rules in the config):
-  'batch', 'length', 'embed', 'heads', 'kv', 'mlp', 'vocab', 'layers'.
+  'batch', 'length', 'embed', 'heads', 'kv', 'mlp', 'vocab', and 'activation_tokens' for the flattened [B*L]
+  token axis of MLP activations.
 """
+
+from flax.linen import logical_axis_rules
 
 from lmjax.models.registry import build_model, MODEL_REGISTRY
 
-__all__ = ["build_model", "MODEL_REGISTRY"]
+__all__ = ["build_model", "logical_axis_rules", "MODEL_REGISTRY"]

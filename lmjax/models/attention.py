@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from lmjax.config import ModelConfig
-from lmjax.models.layers import dtype_of, normal_init, zeros_init
+from lmjax.models.layers import Projection
 from lmjax.models.positional import apply_rope
 
 _MASKED = -1e30  # large but finite, so fully masked rows (padding) give a uniform softmax instead of NaN
@@ -88,13 +88,11 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool, *,
                positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
-    dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     B, L, D = x_BLD.shape
     H, K, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    dense = lambda feats, name: nn.DenseGeneral(
-        feats, use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=normal_init(cfg.init_std, "embed", *(None,) * (len(feats) - 2), "heads", "kv"),
-        bias_init=zeros_init(*(None,) * (len(feats) - 2), "heads", "kv"), name=name)
+    dense = lambda feats, name: Projection(
+        feats, ("embed",), (*(None,) * (len(feats) - 2), "heads", "kv"), cfg.init_std, cfg.use_bias, cfg.dtype,
+        cfg.param_dtype, name=name)
     # Projections run on tokens flattened to N = B*L: see Mlp for why this matters for the backward pass.
     x_ND = x_BLD.reshape(B * L, D)
     if K == H:
@@ -118,8 +116,6 @@ class MultiHeadAttention(nn.Module):
       rng = self.make_rng("dropout") if use_dropout else None
       out_BLHd = reference_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM, rng, cfg.attention_dropout, bias_BHLM)
 
-    y_ND = nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=normal_init(self.out_std, "heads", "kv", "embed"), bias_init=zeros_init("embed"),
-        name="out")(out_BLHd.reshape(B * L, H, d))
+    y_ND = Projection((cfg.d_model,), ("heads", "kv"), ("embed",), self.out_std, cfg.use_bias, cfg.dtype,
+                      cfg.param_dtype, name="out")(out_BLHd.reshape(B * L, H, d))
     return nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)

@@ -28,6 +28,33 @@ def ones_init(*axes: str) -> Callable:
   return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
 
 
+class Projection(nn.Module):
+  """x [..., *in] . kernel [*in, *out] (+ bias [*out]): a dense layer whose weight keeps its named dimensions.
+
+  Flax's DenseGeneral initializes a flattened 2-D kernel and reshapes it, which clashes with per-dimension
+  logical axis names once a mesh is active; here every parameter is created in its final shape.
+  """
+  features: tuple[int, ...]
+  in_axes: tuple[str | None, ...]  # logical names of the contracted input dimensions
+  out_axes: tuple[str | None, ...]  # logical names of the output dimensions
+  std: float
+  use_bias: bool
+  dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in = len(self.in_axes)
+    kernel = self.param("kernel", normal_init(self.std, *self.in_axes, *self.out_axes),
+                        (*x.shape[-n_in:], *self.features), dtype_of(self.param_dtype))
+    dtype = dtype_of(self.dtype)
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      y = y + self.param("bias", zeros_init(*self.out_axes), self.features, dtype_of(self.param_dtype)).astype(dtype)
+    return y
+
+
 class Norm(nn.Module):
   """LayerNorm or RMSNorm over the last axis, computed in float32 for stability."""
   cfg: ModelConfig

@@ -18,12 +18,26 @@ from lmjax.models.layers import Mlp, Norm, dtype_of, normal_init
 from lmjax.models.positional import AbsolutePositions, RelativePositionBias, alibi_bias
 
 
+REMAT_POLICIES = {
+    "full": None,  # keep only each layer's input; recompute everything inside it in the backward pass
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute elementwise ops
+}
+
+
+def remat_block(block: type[nn.Module], policy: str) -> type[nn.Module]:
+  """The layer class with activation rematerialization: memory for compute, per config.model.remat."""
+  if policy == "none":
+    return block
+  # Argument 3 (counting self) is `deterministic`, a Python bool that picks code paths, so it must stay static.
+  return nn.remat(block, policy=REMAT_POLICIES[policy], static_argnums=(3,), prevent_cse=True)
+
+
 class Block(nn.Module):
   """One Transformer layer. Pre-norm: x + f(norm(x)). Post-norm (Vaswani, BERT): norm(x + f(x))."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool, *,
+  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool,
                positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
     # GPT-2 scales the init of projections that write into the residual stream by 1/sqrt(2 * layers).
@@ -64,9 +78,9 @@ class Decoder(nn.Module):
     elif cfg.position == "t5":
       # One table for the whole stack, as in T5, where only the first layer owns it and the rest reuse its output.
       bias_BHLM = RelativePositionBias(cfg, bidirectional=False, name="relative_bias")(positions_BL)
+    block = remat_block(Block, cfg.remat)
     for i in range(cfg.num_layers):
-      x_BLD = Block(cfg, name=f"layer_{i}")(x_BLD, mask_B1LM, deterministic, positions_BL=positions_BL,
-                                            bias_BHLM=bias_BHLM)
+      x_BLD = block(cfg, name=f"layer_{i}")(x_BLD, mask_B1LM, deterministic, positions_BL, bias_BHLM)
     if cfg.pre_norm:
       x_BLD = Norm(cfg, name="ln_final")(x_BLD)
 

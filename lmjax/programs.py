@@ -1,0 +1,78 @@
+"""The compiled programs of a run: model, task, optimizer, mesh, state shardings and the jitted steps.
+
+Built in one place from the config so that training, the benchmark and the ahead-of-time check compile exactly
+the same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lmjax import sharding
+from lmjax.config import model_config
+from lmjax.models import build_model
+from lmjax.optim import make_optimizer
+from lmjax.state import abstract_train_state, state_shardings
+from lmjax.step import eval_step, train_steps
+from lmjax.tasks import get_task
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  model: Any
+  task: Any
+  optimizer: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  rules: sharding.Rules
+  state_shardings: Any  # a TrainState of NamedShardings
+  train_batch_spec: jax.sharding.PartitionSpec  # [S, B, L]: steps per call, batch, length
+  eval_batch_spec: jax.sharding.PartitionSpec  # [B, L]
+  train_fn: Any  # (state, batches [S, B, L]) -> (state, metrics [S])
+  eval_fn: Any  # (params, batch [B, L]) -> summed eval statistics
+
+  def sample_tokens(self, seq_len: int) -> jax.Array:
+    return jnp.zeros((1, seq_len), jnp.int32)
+
+  def abstract_state(self, config: ml_collections.ConfigDict) -> Any:
+    return abstract_train_state(self.model, self.optimizer, config.seed, self.sample_tokens(config.data.seq_len),
+                                self.state_shardings)
+
+  def abstract_train_batches(self, config: ml_collections.ConfigDict, steps: int | None = None) -> dict[str, Any]:
+    """Shapes of one train call's input, for compiling without data."""
+    t = config.train
+    shape = (steps or t.steps_per_call, t.batch_size, config.data.seq_len)
+    sharded = jax.sharding.NamedSharding(self.mesh, self.train_batch_spec)
+    dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
+              "loss_mask": jnp.float32}
+    return {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharded) for k, dt in dtypes.items()}
+
+
+def build(config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: np.ndarray | None = None,
+          token_chars_V: np.ndarray | None = None, devices: Sequence[jax.Device] | None = None) -> Programs:
+  """Everything a run compiles. Call (and use the jitted functions) inside `sharding.activate(mesh, rules)`."""
+  t = config.train
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.logical_rules(config.mesh)
+  sharding.check_batch_fits(config, mesh, rules)
+  model = build_model(model_config(config, vocab_size))
+  as_array = lambda x: None if x is None else jnp.asarray(x)
+  task = get_task(config.task)(model, as_array(token_bytes_V), as_array(token_chars_V))
+  optimizer = make_optimizer(config.optim, t.num_steps)
+  with sharding.activate(mesh, rules):
+    shardings = state_shardings(model, optimizer, config.seed, jnp.zeros((1, config.data.seq_len), jnp.int32),
+                                mesh, rules)
+  train_spec, eval_spec = sharding.batch_spec(rules, leading=1), sharding.batch_spec(rules)
+  named = lambda spec: jax.sharding.NamedSharding(mesh, spec)
+  train_fn = jax.jit(functools.partial(train_steps, task=task, optimizer=optimizer, microbatches=t.microbatches),
+                     in_shardings=(shardings, named(train_spec)), out_shardings=(shardings, None), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, task=task), in_shardings=(shardings.params, named(eval_spec)))
+  return Programs(model=model, task=task, optimizer=optimizer, mesh=mesh, rules=rules, state_shardings=shardings,
+                  train_batch_spec=train_spec, eval_batch_spec=eval_spec, train_fn=train_fn, eval_fn=eval_fn)
