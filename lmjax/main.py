@@ -6,13 +6,13 @@ r"""Train and evaluate a model.
 Rerunning the same command in the same workdir resumes from the latest checkpoint.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lmjax import distributed, train, writers
+from lmjax.cli import DIVERGED_EXIT_CODE, fail, parse_flags
 from lmjax.config import ConfigError
 from lmjax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
@@ -25,31 +25,6 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-# Exit statuses, distinct from a crash (1), so launch scripts know what to do: retry after preemption (75), not
-# after bad input (2) or divergence (3), which would only fail again.
-BAD_INPUT_EXIT_CODE = 2
-DIVERGED_EXIT_CODE = 3
-
-
-def fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(BAD_INPUT_EXIT_CODE)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad --config override (e.g. a misspelt field) is one line, not a traceback."""
-  for arg in argv[1:]:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-      if not os.path.isfile(path):
-        fail(f"--config={path}: no such config file; see configs/ for the available ones.")
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    message = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
-    fail(f"bad flag: {message.strip(chr(39))}")
 
 
 def main(argv):

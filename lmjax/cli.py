@@ -1,0 +1,30 @@
+"""What every lmjax command line shares: one-line errors for bad input and the exit statuses scripts rely on."""
+
+import os
+import sys
+
+from absl import flags
+
+# Exit statuses, distinct from a crash (1), so launch scripts know what to do: retry after preemption (75), not
+# after bad input (2) or divergence (3), which would only fail again.
+BAD_INPUT_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3
+
+
+def fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(BAD_INPUT_EXIT_CODE)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad --config override (e.g. a misspelt field) is one line, not a traceback."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not os.path.isfile(path):
+        fail(f"--config={path}: no such config file; see configs/ for the available ones.")
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+    fail(f"bad flag: {message.strip(chr(39))}")
