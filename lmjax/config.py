@@ -21,7 +21,7 @@ MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram")
 TASK_NAMES = ("causal_lm",)
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "relu", "tanh", "swiglu", "geglu")
 ATTENTION_IMPLS = ("xla", "jax")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -224,7 +224,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
   for field in ("num_layers", "num_heads", "d_model", "mlp_dim", "max_len"):
     _at_least(cfg, f"model.{field}", 1)
-  if m.d_model % m.num_heads:
+  attention = m.name == "gpt"  # the baselines have no attention heads and no position table
+  if attention and m.d_model % m.num_heads:
     _fail("model.d_model", m.d_model, f"must be divisible by model.num_heads={m.num_heads} "
           f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)})")
   _at_least(cfg, "model.num_kv_heads", 0)
@@ -232,7 +233,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     divisors = [k for k in range(1, m.num_heads + 1) if m.num_heads % k == 0]
     _fail("model.num_kv_heads", m.num_kv_heads, f"must divide model.num_heads={m.num_heads} "
           f"(one of {', '.join(map(str, divisors))}) or be 0 for one per head")
-  if m.position == "rope" and (m.d_model // m.num_heads) % 2:
+  if attention and m.position == "rope" and (m.d_model // m.num_heads) % 2:
     _fail("model.d_model", m.d_model, f"gives an odd head width {m.d_model // m.num_heads} with "
           f"model.num_heads={m.num_heads}; position='rope' rotates pairs of features, so it must be even")
   _at_least(cfg, "model.rope_base", 1.0, strict=True)
@@ -240,7 +241,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if m.relative_max_distance <= m.relative_buckets // 2:
     _fail("model.relative_max_distance", m.relative_max_distance,
           f"must exceed model.relative_buckets // 2 = {m.relative_buckets // 2}, where exact buckets end")
-  if d.seq_len > m.max_len and m.position == "learned":
+  if attention and d.seq_len > m.max_len and m.position == "learned":
     _fail("data.seq_len", d.seq_len, f"exceeds model.max_len={m.max_len} for learned positions; "
           f"raise model.max_len or lower data.seq_len")
   for field in ("dropout", "attention_dropout"):
@@ -289,7 +290,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if any(n < 1 for n in extra_lens):
     _fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, "give positive integers separated by commas, e.g. '512,1024'")
   for n in extra_lens:
-    if n > m.max_len and m.position == "learned":
+    if attention and n > m.max_len and m.position == "learned":
       _fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"{n} exceeds model.max_len={m.max_len}, the size of "
             f"the learned position table; raise model.max_len")
   for field in ("log_every", "eval_every", "checkpoint_every"):

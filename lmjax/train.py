@@ -198,6 +198,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   else:
     state = create_train_state(model, optimizer, config.seed, sample_tokens_BL, shardings)
   step = int(state.step)
+  num_params, first_row = count_params(state.params), True  # the size goes into the first train record
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %d train tokens, %d eval tokens.",
                config.model.name, f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind,
@@ -251,7 +252,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
           mean_ok = lambda key: float(np.mean(gather(key)[ok])) if ok.any() else float("nan")
           train_s = time.perf_counter() - interval_start - excluded_s
           seconds_per_step = train_s / interval_steps if interval_steps else float("nan")
-          row = {"loss": mean_ok("loss"), "grad_norm": mean_ok("grad_norm"),
+          row = {"num_params": num_params} if first_row else {}
+          first_row = False
+          row |= {"loss": mean_ok("loss"), "grad_norm": mean_ok("grad_norm"),
                  "learning_rate": float(schedule(step - 1)), "skipped_steps": float((~ok).sum()),
                  "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
           writer.write(step, "train", row)

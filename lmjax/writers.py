@@ -59,7 +59,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], seconds_left: float) -> str:
   eta = time.strftime("%H:%M:%S", time.gmtime(seconds_left)) if math.isfinite(seconds_left) else "?"
   extras = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                      if k not in ("loss", "tokens", "tokens_per_s", "steps_per_s"))
+                      if k not in ("loss", "tokens", "tokens_per_s", "steps_per_s", "num_params"))
   return (f"step {step:>6d}/{num_steps} | loss {metrics['loss']:.4f} | {metrics['tokens_per_s']:,.0f} tok/s | "
           f"eta {eta} | {extras}")
 

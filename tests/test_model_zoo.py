@@ -319,3 +319,19 @@ def test_new_fields_validate():
   c = base_config()
   c.model.relative_max_distance = 8
   assert "config.model.relative_max_distance" in one_line_error(c)
+
+
+def test_sinusoidal_positions_follow_the_formula_at_the_embedding_scale():
+  """PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(...), scaled so each feature's RMS is init_std."""
+  from lmjax.models.positional import AbsolutePositions
+  cfg = ModelConfig(vocab_size=10, num_layers=1, num_heads=2, d_model=8, mlp_dim=16, max_len=32,
+                    position="sinusoidal", init_std=0.02)
+  positions_BL = jnp.arange(32)[None]
+  got_LD = np.asarray(AbsolutePositions(cfg).apply({}, positions_BL))[0]
+  p, i = np.arange(32)[:, None], np.arange(4)[None]
+  angle = p / 10000.0 ** (2 * i / 8)
+  expected_LD = np.zeros((32, 8))
+  expected_LD[:, 0::2], expected_LD[:, 1::2] = np.sin(angle), np.cos(angle)
+  np.testing.assert_allclose(got_LD, expected_LD * 0.02 * math.sqrt(2.0), atol=1e-7)
+  # Over many positions each feature's RMS is about init_std, the scale of the token embeddings it is added to.
+  np.testing.assert_allclose(np.sqrt((got_LD**2).mean()), 0.02, rtol=0.05)

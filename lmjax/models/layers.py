@@ -79,6 +79,7 @@ ACTIVATIONS = {
     # tanh-approximate GELU, as in GPT-2 and BERT checkpoints.
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "tanh": jnp.tanh,  # the feed-forward LM of Bengio et al. (2003)
 }
 
 # Gated linear units (Shazeer, 2020): act(x W_gate) * (x W_up), the gate's nonlinearity by name.

@@ -50,7 +50,10 @@ class AbsolutePositions(nn.Module):
       # Sinusoids extrapolate, so positions past max_len are computed instead of looked up.
       if positions_BL.shape[-1] > cfg.max_len:
         table_LD = jnp.asarray(sinusoidal_table(positions_BL.shape[-1], cfg.d_model), dtype_of(cfg.dtype))
-      return jnp.take(table_LD, positions_BL, axis=0, mode="clip")
+      # Scaled so each feature has the RMS of a learned table at init (init_std): at amplitude 1 the sinusoids
+      # drown token embeddings initialized at 0.02, and a small model never learns to read the tokens.
+      scale = cfg.init_std * np.sqrt(2.0)
+      return jnp.take(table_LD, positions_BL, axis=0, mode="clip") * jnp.asarray(scale, table_LD.dtype)
     return 0.0
 
 

@@ -7,10 +7,15 @@ from typing import Callable
 from flax import linen as nn
 
 from lmjax.config import ModelConfig
+from lmjax.models.ffnn import FeedForwardLm
+from lmjax.models.lstm import LstmLm
 from lmjax.models.transformer import Decoder
 
+# The count-based 'ngram' model has no parameters to train: lmjax.models.ngram fits it outside this registry.
 MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "gpt": Decoder,
+    "ffnn": FeedForwardLm,
+    "lstm": LstmLm,
 }
 
 

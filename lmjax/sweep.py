@@ -1,0 +1,418 @@
+r"""Run every point of a hyperparameter sweep, each in its own workdir and its own process.
+
+  python -m lmjax.sweep --config=configs/sweep_example.py --workdir=runs/positions [--parallel=2] [--dry_run]
+
+A config file that defines `get_hyper(h)` next to `get_config(arg)` describes a sweep: `get_hyper` returns a list
+of points, each a dict {field: value} of config overrides, built with the helpers on `h`:
+
+  def get_hyper(h):
+    return h.product([h.sweep("model.position", ["learned", "rope"]),
+                      h.zip([h.sweep("optim.learning_rate", [1e-3, 3e-3]), h.sweep("optim.warmup_steps", [50, 100])])])
+
+Each point runs `python -m lmjax.main --config=FILE --workdir=DIR/<name> --config.<field>=<value> ...` in a fresh
+process, so a crash in one point leaves the others running. Rerunning the same command skips finished points and
+resumes half-done ones from their latest checkpoint. Every point is checked against the config before anything
+is launched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import numbers
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from lmjax.cli import fail, parse_flags
+from lmjax.config import ConfigError, validate
+from lmjax.report import final_step, is_finished
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config and get_hyper, "
+                                          "e.g. configs/sweep_example.py[:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per point, and sweep.json.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Points to run at once.", lower_bound=1)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one shell command per point and run nothing.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+PREEMPTED_EXIT_CODE = 75  # as lmjax.preemption: stopped by a signal; rerun to resume
+Point = dict[str, Any]
+
+# Short names keep directory names readable; any other field is named by its last component.
+SHORT_NAMES = {"learning_rate": "lr", "min_learning_rate": "min_lr", "weight_decay": "wd", "warmup_steps": "warmup",
+               "num_layers": "layers", "num_heads": "heads", "num_kv_heads": "kv_heads", "batch_size": "bs",
+               "num_steps": "steps"}
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_MAX_NAME = 120
+
+
+class HyperError(ValueError):
+  """A sweep that cannot be run as written; the message is one line naming the problem and the fix."""
+
+
+class Hyper:
+  """The `h` that get_hyper receives. Every helper returns a list of points, so results nest and concatenate."""
+
+  def sweep(self, field: str, values: Sequence[Any]) -> list[Point]:
+    if not isinstance(field, str) or not field or field.startswith("config."):
+      raise HyperError(f"h.sweep needs a field name like 'model.position' (without 'config.'), got {field!r}")
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, Sequence) or not values:
+      raise HyperError(f"h.sweep({field!r}, values) needs a non-empty list of values, got {values!r}")
+    return [{field: _plain(v)} for v in values]
+
+  def product(self, sweeps: Sequence[list[Point]]) -> list[Point]:
+    """Every combination, the last sweep varying fastest (as nested loops would)."""
+    _check_disjoint("h.product", sweeps)
+    return [_merge(combo) for combo in itertools.product(*sweeps)]
+
+  def zip(self, sweeps: Sequence[list[Point]]) -> list[Point]:
+    """Sweeps in lockstep: the i-th point combines the i-th point of each."""
+    _check_disjoint("h.zip", sweeps)
+    lengths = [len(s) for s in sweeps]
+    if len(set(lengths)) > 1:
+      described = ", ".join(f"{n} ({', '.join(_fields(s)) or 'no fields'})" for n, s in zip(lengths, sweeps))
+      raise HyperError(f"h.zip needs sweeps of equal length, got {described}; use h.product for every combination")
+    return [_merge(combo) for combo in zip(*sweeps)]
+
+  def __getattr__(self, name: str) -> Any:
+    raise AttributeError(f"h.{name} is not a sweep helper; use h.sweep(field, values), h.product([...]) or "
+                         f"h.zip([...])")
+
+
+def _plain(value: Any) -> Any:
+  """numpy scalars to Python ones, so that values print, compare and hash like the literals a person wrote."""
+  if isinstance(value, bool) or value is None or isinstance(value, str):
+    return value
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, numbers.Real):
+    return float(value)
+  return value
+
+
+def _fields(points: Sequence[Point]) -> list[str]:
+  return list(dict.fromkeys(f for p in points for f in p))
+
+
+def _check_disjoint(helper: str, sweeps: Sequence[list[Point]]) -> None:
+  if isinstance(sweeps, (str, dict)) or not isinstance(sweeps, Sequence) or not all(
+      isinstance(s, list) and all(isinstance(p, dict) for p in s) for s in sweeps):
+    raise HyperError(f"{helper} takes a list of sweeps, e.g. {helper}([h.sweep('a.b', [1, 2]), h.sweep('c.d', [3])])")
+  seen: set[str] = set()
+  for s in sweeps:
+    fields = set(_fields(s))
+    if fields & seen:
+      raise HyperError(f"{helper} combines sweeps that share the field(s) {', '.join(sorted(fields & seen))}; "
+                       f"sweep each field once")
+    seen |= fields
+
+
+def _merge(points: Sequence[Point]) -> Point:
+  out: Point = {}
+  for p in points:
+    out.update(p)
+  return out
+
+
+def flag_value(value: Any) -> str:
+  """How config_flags reads the value back: str as is, bool as true/false, numbers exactly (repr)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  return value if isinstance(value, str) else repr(value)
+
+
+def point_name(point: Point) -> str:
+  """A directory name that depends on the point alone, so reruns and grown sweeps find the same workdirs."""
+  if not point:
+    return "default"
+  shorts = {f: SHORT_NAMES.get(f.rsplit(".", 1)[-1], f.rsplit(".", 1)[-1]) for f in point}
+  clashes = {s for s in shorts.values() if list(shorts.values()).count(s) > 1}
+  parts, lossy = [], False
+  for field, value in point.items():
+    key = field if shorts[field] in clashes else shorts[field]
+    text = flag_value(value)
+    safe = _UNSAFE.sub("_", text)
+    lossy |= safe != text or not text
+    parts.append(f"{key}={safe}")
+  name = ",".join(parts)
+  if lossy or len(name) > _MAX_NAME:  # two values that sanitize alike must not share a directory
+    digest = hashlib.sha1(json.dumps(point, sort_keys=True, default=repr).encode()).hexdigest()[:8]
+    name = f"{name[:_MAX_NAME]}-{digest}"
+  return name
+
+
+def load_points(config_arg: str) -> list[Point]:
+  """Calls the file's get_hyper(h); HyperError names the file and what to change."""
+  path = config_arg.split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location("lmjax_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  get_hyper = getattr(module, "get_hyper", None)
+  if not callable(get_hyper):
+    raise HyperError(f"{path} defines no get_hyper(h); add one returning e.g. h.sweep('model.position', "
+                     f"['learned', 'rope']), or train a single run with python -m lmjax.main")
+  try:
+    points = get_hyper(Hyper())
+  except (HyperError, AttributeError, TypeError) as e:
+    raise HyperError(f"{path}: get_hyper: {e}") from None
+  if not isinstance(points, list) or not points or not all(
+      isinstance(p, dict) and all(isinstance(k, str) for k in p) for p in points):
+    raise HyperError(f"{path}: get_hyper must return a non-empty list of {{field: value}} dicts, as h.sweep, "
+                     f"h.product and h.zip do; got {type(points).__name__}")
+  return [{k: _plain(v) for k, v in p.items()} for p in points]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+  """One point, resolved: where it runs, the flags that make it, and the step count that makes it finished."""
+  name: str
+  overrides: Point
+  workdir: Path
+  args: tuple[str, ...]  # lmjax.main's arguments
+  num_steps: int  # the step of its last eval record once finished
+
+  def command(self, python: str = "python") -> list[str]:
+    return [python, "-m", "lmjax.main", *self.args]
+
+
+def _set_field(config: ml_collections.ConfigDict, field: str, value: Any, where: str) -> None:
+  section, *path = field.split(".")
+  node, walked = config, []
+  for key in [section, *path][:-1]:
+    walked.append(key)
+    if key not in node or not isinstance(node[key], ml_collections.ConfigDict):
+      raise HyperError(f"{where} sets {field}, but config.{'.'.join(walked)} is not a config section; "
+                       f"check the spelling against lmjax/config.py")
+    node = node[key]
+  leaf = field.rsplit(".", 1)[-1]
+  prefix = f"config.{field.rsplit('.', 1)[0]}" if "." in field else "config"
+  if leaf not in node:
+    raise HyperError(f"{where} sets {field}, which is not a config field (a typo?); {prefix} has: "
+                     f"{', '.join(sorted(node.keys()))}")
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise HyperError(f"{where} sets {field}, which is a section; sweep one of its fields: "
+                     f"{', '.join(sorted(node[leaf].keys()))}")
+  old = node[leaf]
+  wrong_type = HyperError(f"{where} sets {field}={value!r}, but {field} takes "
+                          f"{_KINDS.get(type(old), type(old).__name__)} (it is {old!r} here)")
+  if isinstance(old, bool) != isinstance(value, bool) or not isinstance(value, (str, bool, int, float)):
+    raise wrong_type
+  try:
+    node[leaf] = value
+  except TypeError:
+    raise wrong_type from None
+
+
+def plan(config_arg: str, base: ml_collections.ConfigDict, base_overrides: Point, points: list[Point],
+         workdir: str | os.PathLike) -> list[SweepPoint]:
+  """Names, validates and builds the command of every point, so that a bad one stops the sweep before any runs."""
+  path = config_arg.split(":", 1)[0]
+  # A flag sets a field for the points that do not sweep it; a flag that no point would see is a mistake.
+  unused = sorted(set(base_overrides).intersection(*points))
+  if unused:
+    raise HyperError(f"--config.{unused[0]} is set by every point of get_hyper in {path}, so the flag would "
+                     f"change nothing; drop the flag or the sweep")
+  planned: list[SweepPoint] = []
+  names: dict[str, Point] = {}
+  for point in points:
+    name = point_name(point)
+    config = base.copy_and_resolve_references()
+    for field, value in base_overrides.items():  # already applied by the --config flag; again for other callers
+      _set_field(config, field, value, f"--config.{field}")
+    for field, value in point.items():
+      _set_field(config, field, value, f"{path}: point {name}")
+    try:
+      validate(config)
+    except ConfigError as e:
+      raise HyperError(f"{path}: point {name}: {e}") from None
+    if name in names:
+      if names[name] == point:
+        raise HyperError(f"{path}: get_hyper gives the point {point} twice; drop the duplicate")
+      raise HyperError(f"{path}: the points {names[name]} and {point} would share the directory {name!r}; "
+                       f"sweep fields with different last names, or one field per sweep")
+    names[name] = point
+    point_dir = Path(workdir) / name
+    shared = [f"--config.{k}={flag_value(v)}" for k, v in base_overrides.items() if k not in point]
+    args = (f"--config={config_arg}", f"--workdir={point_dir}", *shared,
+            *(f"--config.{k}={flag_value(v)}" for k, v in point.items()))
+    planned.append(SweepPoint(name, point, point_dir, args, final_step(config.to_dict())))
+  return planned
+
+
+def write_manifest(config_arg: str, base_overrides: Point, points: list[SweepPoint], workdir: Path,
+                   outcomes: dict[str, str] | None = None) -> None:
+  """DIR/sweep.json: what the sweep is, for people, cluster scripts and lmjax.report."""
+  outcomes = outcomes or {}
+  record = {"config": config_arg, "overrides": base_overrides,
+            "points": [{"name": p.name, "workdir": str(p.workdir), "overrides": p.overrides,
+                        "command": shlex.join(p.command()), **({"outcome": outcomes[p.name]}
+                                                               if p.name in outcomes else {})}
+                       for p in points]}
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / "sweep.json.tmp"
+  tmp.write_text(json.dumps(record, indent=2) + "\n")
+  os.replace(tmp, workdir / "sweep.json")
+
+
+class SubprocessRunner:
+  """Runs a point as `python -m lmjax.main` with its output in sweep.log; `stop` passes a signal on to all."""
+
+  def __init__(self, python: str = sys.executable):
+    self.python = python
+    self.stopping = False
+    self._procs: dict[str, subprocess.Popen] = {}
+    self._lock = threading.Lock()
+
+  def __call__(self, point: SweepPoint) -> int | None:
+    with self._lock:
+      if self.stopping:
+        return None
+      point.workdir.mkdir(parents=True, exist_ok=True)
+      log = (point.workdir / "sweep.log").open("a")
+      log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(point.command(self.python))}\n")
+      log.flush()
+      proc = subprocess.Popen(point.command(self.python), stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+      self._procs[point.name] = proc
+    try:
+      status = proc.wait()
+      # A point the sweep stopped before its training loop could save has nothing to lose: resume, not failure.
+      return PREEMPTED_EXIT_CODE if self.stopping and status < 0 else status
+    finally:
+      with self._lock:
+        del self._procs[point.name]
+      log.close()
+
+  def stop(self, sig: int) -> None:
+    with self._lock:
+      self.stopping = True
+      for proc in self._procs.values():
+        proc.send_signal(sig)
+
+
+def describe(status: int | None) -> str:
+  if status is None:
+    return "not started (the sweep was stopped)"
+  if status == 0:
+    return "finished"
+  if status == PREEMPTED_EXIT_CODE:
+    return f"stopped (exit status {status}); rerun the sweep to resume"
+  if status < 0:
+    return f"failed (killed by {signal.Signals(-status).name})"
+  return f"failed (exit status {status})"
+
+
+def run_points(points: list[SweepPoint], run_one: Callable[[SweepPoint], int | None], parallel: int = 1,
+               log: Callable[[str], None] = print, stop: threading.Event | None = None) -> dict[str, int | None]:
+  """Runs the unfinished points, `parallel` at a time; returns each one's exit status (None: not started).
+
+  `run_one` is the only thing that touches processes, so tests inject a function in its place. Once `stop` is set,
+  no further point starts.
+  """
+  stop = stop or threading.Event()
+  todo = [p for p in points if not is_finished(p.workdir, p.num_steps)]
+  statuses: dict[str, int | None] = {}
+  lock = threading.Lock()
+  unsafe_log = log
+
+  def log(line: str) -> None:  # one whole line at a time: print from two threads can interleave its pieces
+    with lock:
+      unsafe_log(line)
+
+  def one(point: SweepPoint) -> None:
+    if stop.is_set():
+      statuses[point.name] = None
+      return
+    start = time.monotonic()
+    log(f"{point.name}: starting; output in {point.workdir / 'sweep.log'}")
+    try:
+      status = run_one(point)
+    except Exception as e:  # a launcher problem (e.g. no python) fails the point, not the sweep
+      log(f"{point.name}: could not run: {e}")
+      status = 1
+    statuses[point.name] = status
+    if status is not None:
+      log(f"{point.name} ({time.monotonic() - start:.0f} s): {describe(status)}")
+
+  log(f"{len(todo)} of {len(points)} points to run ({len(points) - len(todo)} already finished), "
+      f"{parallel} at a time")
+  with ThreadPoolExecutor(max_workers=parallel) as pool:
+    for future in [pool.submit(one, p) for p in todo]:
+      future.result()
+  return statuses
+
+
+def outcomes(points: list[SweepPoint], statuses: dict[str, int | None]) -> dict[str, str]:
+  """What happened to each point, in words; a point with no status was finished before the sweep started."""
+  out = {}
+  for p in points:
+    text = describe(statuses[p.name]) if p.name in statuses else "skipped (already finished)"
+    out[p.name] = f"{text}; see {p.workdir / 'sweep.log'}" if text.startswith("failed") else text
+  return out
+
+
+def exit_code(statuses: dict[str, int | None]) -> int:
+  """1 if any point failed, 75 (rerun to resume) if the sweep was stopped early, else 0."""
+  codes = set(statuses.values()) - {0}
+  if codes - {None, PREEMPTED_EXIT_CODE}:
+    return 1
+  return PREEMPTED_EXIT_CODE if codes else 0
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}; pass fields as --config.section.field=value")
+  config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  base_overrides = {k: _plain(v) for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()}
+  workdir = Path(_WORKDIR.value)
+  try:
+    points = plan(config_arg, _CONFIG.value, base_overrides, load_points(config_arg), workdir)
+  except HyperError as e:
+    fail(str(e))
+
+  if _DRY_RUN.value:
+    for p in points:
+      print(shlex.join(p.command()))
+    return
+
+  write_manifest(config_arg, base_overrides, points, workdir)
+  runner, stopping = SubprocessRunner(), threading.Event()
+
+  def stop(signum: int, frame: Any) -> None:
+    del frame
+    # First signal: each point saves a checkpoint and exits 75 (lmjax.main's preemption path); a second kills.
+    again = stopping.is_set()
+    stopping.set()
+    print(f"{signal.Signals(signum).name}: stopping the sweep{' now' if again else ' after checkpoints'}",
+          file=sys.stderr, flush=True)
+    runner.stop(signal.SIGKILL if again else signal.SIGTERM)
+
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, stop)
+  statuses = run_points(points, runner, _PARALLEL.value, log=lambda line: print(line, flush=True), stop=stopping)
+  described = outcomes(points, statuses)
+  write_manifest(config_arg, base_overrides, points, workdir, described)
+  width = max(len(name) for name in described)
+  print(f"\nsweep {workdir}: {len(points)} points")
+  print("\n".join(f"{name:<{width}}  {text}" for name, text in described.items()), flush=True)
+  sys.exit(exit_code(statuses))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

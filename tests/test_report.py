@@ -1,0 +1,163 @@
+"""Reports: every run under a directory becomes one row with the numbers its metrics.jsonl holds, the swept fields
+are found from the config.json files, and the plots are written."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmjax import report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_run(path: Path, config: dict, records: list[dict], checkpoint: int | None = None, log: str = "") -> Path:
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps(config))
+  (path / "metrics.jsonl").write_text("".join(json.dumps({"time": 0.0, **r}) + "\n" for r in records))
+  if checkpoint is not None:
+    (path / "checkpoints" / str(checkpoint)).mkdir(parents=True)
+  if log:
+    (path / "sweep.log").write_text(log)
+  return path
+
+
+def config(position: str, lr: float, num_steps: int = 100) -> dict:
+  return {"model": {"position": position, "num_layers": 2}, "optim": {"learning_rate": lr},
+          "train": {"num_steps": num_steps}}
+
+
+def train(step, loss, tokens_per_s):
+  return {"step": step, "split": "train", "loss": loss, "tokens_per_s": tokens_per_s}
+
+
+def evaluation(step, loss, accuracy=None, split="eval"):
+  out = {"step": step, "split": split, "loss": loss, "perplexity": 2.0 ** loss}
+  return out if accuracy is None else {**out, "accuracy": accuracy}
+
+
+@pytest.fixture
+def runs(tmp_path):
+  root = tmp_path / "sweep"
+  # Final eval loss above the best one, so final and best must come from different records.
+  write_run(root / "position=rope,lr=0.001", config("rope", 0.001),
+            [train(50, 3.5, 1000.0), evaluation(50, 2.01234, 0.41), train(100, 2.5, 1234.5),
+             evaluation(100, 2.23456, 0.40), evaluation(100, 2.75, split="eval_len512")],
+            checkpoint=100, log="I1123 train.py:171] Model gpt: 12,345 parameters; vocab 65 (char tokenizer)\n")
+  write_run(root / "position=learned,lr=0.03", config("learned", 0.03),
+            [train(50, 3.0, 900.0), evaluation(50, 1.9), {**train(100, 2.0, 950.0), "num_params": 999},
+             evaluation(100, 1.8)], checkpoint=100)
+  write_run(root / "more" / "deep" / "stopped", config("alibi", 0.001),
+            [train(50, 3.2, 1100.0), evaluation(50, 2.5, 0.3)], checkpoint=50)
+  (root / "not_a_run").mkdir()
+  (root / "not_a_run" / "notes.txt").write_text("no metrics here")
+  return root
+
+
+def rows_of(markdown: str) -> dict[str, dict[str, str]]:
+  lines = [line.strip("|").split(" | ") for line in markdown.strip().splitlines()]
+  header = [c.strip() for c in lines[0]]
+  return {cells[0].strip(): dict(zip(header, (c.strip() for c in cells))) for cells in lines[2:]}
+
+
+def test_table_holds_final_and_best_of_each_run(runs, tmp_path):
+  text, written = report.report(runs, x="learning_rate", out=tmp_path / "out")
+  assert (tmp_path / "out" / "report.md").read_text() == text
+  assert [p.name for p in written] == ["report.md", "report.csv", "loss_curves.png", "loss_vs_optim.learning_rate.png"]
+  rows = rows_of(text)
+  assert list(rows) == ["more/deep/stopped", "position=learned,lr=0.03", "position=rope,lr=0.001"]  # sorted
+  rope = rows["position=rope,lr=0.001"]
+  assert rope["model.position"] == "rope" and rope["optim.learning_rate"] == "0.001"
+  assert rope["eval/loss"] == "2.2346" and rope["eval/best_loss"] == "2.0123"
+  assert rope["eval/accuracy"] == "0.4000" and rope["eval_len512/loss"] == "2.7500"
+  assert rope["steps"] == "100" and rope["tokens_per_s"] == "1,234" and rope["params"] == "12,345"
+  learned = rows["position=learned,lr=0.03"]
+  assert learned["eval/accuracy"] == "-" and learned["eval_len512/loss"] == "-" and learned["params"] == "999"
+  assert learned["eval/loss"] == learned["eval/best_loss"] == "1.8000"
+  stopped = rows["more/deep/stopped"]
+  assert stopped["steps"] == "50/100 (unfinished)" and stopped["params"] == "-"
+  assert "model.num_layers" not in rope  # the same in every run, so not a column
+
+
+def test_csv_has_every_metric_at_full_precision(runs, tmp_path):
+  report.report(runs, out=tmp_path)
+  with (tmp_path / "report.csv").open() as f:
+    rows = {row["run"]: row for row in csv.DictReader(f)}
+  rope = rows["position=rope,lr=0.001"]
+  assert float(rope["eval/loss"]) == 2.23456 and float(rope["eval/best_loss"]) == 2.01234
+  assert float(rope["eval/accuracy"]) == 0.40 and float(rope["eval/best_accuracy"]) == 0.41  # higher is better
+  assert float(rope["eval/best_perplexity"]) == 2.0 ** 2.01234
+  assert float(rope["tokens_per_s"]) == 1234.5 and rope["finished"] == "True"
+  assert rows["more/deep/stopped"]["finished"] == "False" and rows["more/deep/stopped"]["steps"] == "50"
+  assert rows["position=learned,lr=0.03"]["eval/accuracy"] == ""  # missing: an empty cell
+
+
+def test_differing_fields_follow_the_sweep_order(runs):
+  loaded = report.load_runs(runs)
+  assert report.differing_fields(loaded) == ["model.position", "optim.learning_rate"]
+  assert report.differing_fields(loaded, ["optim.learning_rate"]) == ["optim.learning_rate", "model.position"]
+  assert report.differing_fields(loaded[:1]) == []
+
+
+def test_plots_are_written(runs, tmp_path):
+  report.report(runs, x="learning_rate", out=tmp_path)
+  for name in ("loss_curves.png", "loss_vs_optim.learning_rate.png"):
+    data = (tmp_path / name).read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 5000
+
+
+def test_one_swept_field_is_plotted_without_being_asked(tmp_path):
+  for position, loss in (("rope", 1.5), ("alibi", 1.4), ("learned", 1.6)):
+    write_run(tmp_path / position, config(position, 0.001, num_steps=10), [train(10, loss, 1.0), evaluation(10, loss)])
+  report.report(tmp_path, metric="perplexity")
+  assert (tmp_path / "perplexity_vs_model.position.png").stat().st_size > 5000
+  assert "eval/best_perplexity" in (tmp_path / "report.md").read_text()
+
+
+def test_log_scale_only_for_positive_ranges_over_a_decade():
+  assert report.log_scale([1e-4, 3e-4, 1e-3, 3e-3])
+  assert not report.log_scale([1e-3, 3e-3])
+  assert not report.log_scale([0, 1, 100])
+  assert not report.log_scale([1, 2, 4, 8])
+
+
+def test_finished_needs_the_final_eval_and_its_checkpoint(tmp_path):
+  records = [evaluation(100, 2.0)]
+  assert report.is_finished(write_run(tmp_path / "a", config("rope", 0.1), records, checkpoint=100))
+  assert not report.is_finished(write_run(tmp_path / "b", config("rope", 0.1), records, checkpoint=50))
+  assert report.is_finished(write_run(tmp_path / "c", config("rope", 0.1), records))  # keeps no checkpoints
+  assert not report.is_finished(tmp_path / "a", num_steps=200)
+  ngram = {**config("none", 0.1), "model": {"name": "ngram"}}  # fitted in one pass: its record is step 1
+  assert report.is_finished(write_run(tmp_path / "d", ngram, [evaluation(1, 2.0)]))
+
+
+def run_report(*args):
+  return subprocess.run([sys.executable, "-m", "lmjax.report", *map(str, args)], cwd=REPO, capture_output=True,
+                        text=True, timeout=60)
+
+
+def test_cli_prints_the_table(runs):
+  result = run_report(runs, "--x=position")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == (runs / "report.md").read_text()
+  assert (runs / "loss_vs_model.position.png").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--metric=bleu"], "--metric=bleu is not in the eval records; choose one of accuracy, loss, perplexity"),
+    (["--x=num_layerz"], "--x=num_layerz: no config field has that name"),
+    (["--nosuchflag"], "bad flag"),
+])
+def test_cli_bad_input_is_one_line(runs, args, expected):
+  result = run_report(runs, *args)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert expected in result.stderr.strip().splitlines()[-1]
+
+
+def test_cli_without_runs_says_what_a_run_is(tmp_path):
+  result = run_report(tmp_path)
+  assert result.returncode == 2
+  assert "no runs under" in result.stderr and "metrics.jsonl and config.json" in result.stderr
