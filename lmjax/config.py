@@ -298,6 +298,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       _fail(f"train.{field}", t[field], f"must be a multiple of train.steps_per_call={t.steps_per_call}")
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{'model': {'d_model': 64}} -> {'model.d_model': 64}: how fields are named in flags, errors and reports."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def parse_lengths(text: str) -> list[int]:
   """'512, 1024' -> [512, 1024]; '' -> []."""
   return [int(part) for part in text.split(",") if part.strip()]

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from lmjax.config import base_config
+from lmjax.config import base_config, flatten
 from lmjax.writers import read_metrics
 
 METRICS = ("loss", "perplexity", "bits_per_char", "bits_per_byte", "accuracy")
@@ -32,16 +32,6 @@ MISSING = "-"
 PARAM_KEYS = ("num_params", "params", "parameters")
 PARAM_LOG = re.compile(r"Model \S+: ([\d,]+) parameters")
 LOG_FILES = ("sweep.log", "train.log")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def final_step(config: dict) -> int | None:
@@ -143,14 +133,14 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def load_runs(root: Path) -> list[Run]:
-  defaults = _flatten(base_config().to_dict())
+  defaults = flatten(base_config().to_dict())
   runs = []
   for path in find_runs(root):
     try:
       nested = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
       nested = {}
-    saved = _flatten(nested) if isinstance(nested, dict) else {}
+    saved = flatten(nested) if isinstance(nested, dict) else {}
     # Fields added to lmjax after a run started count as their defaults, so they do not look swept.
     config = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     name = path.relative_to(root).as_posix() if path != root else root.resolve().name

@@ -11,22 +11,12 @@ import jax
 import ml_collections
 from absl import logging
 
-from lmjax.config import ConfigError, base_config
+from lmjax.config import ConfigError, base_config, flatten
 
 # What fixes the shapes of the saved state and the meaning of token ids: changing any of these under an existing
 # checkpoint would either fail to restore or continue a different model.
 IDENTITY_SECTIONS = ("model", "tokenizer")
 IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), ("data", "tfds_name"))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _is_identity(field: str) -> bool:
@@ -37,8 +27,8 @@ def _is_identity(field: str) -> bool:
 def changed_fields(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """Fields whose value differs. A field missing from the saved record (added to lmjax after that run started)
   counts as its default, so upgrading lmjax does not make old workdirs look like a different model."""
-  defaults = _flatten(base_config().to_dict())
-  a, b = _flatten(saved), _flatten(new)
+  defaults = flatten(base_config().to_dict())
+  a, b = flatten(saved), flatten(new)
   a = {**{k: v for k, v in defaults.items() if k not in a}, **a}
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
