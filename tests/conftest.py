@@ -11,3 +11,11 @@ if "xla_force_host_platform_device_count" not in flags:
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+def single_device_env(**extra: str) -> dict[str, str]:
+  """The environment for a training subprocess that tests one process's behaviour (signals, restarts, CLI errors):
+  one CPU device, since 8 simulated devices on a 2-core machine only make each step slower."""
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip(),
+              **extra)

@@ -5,13 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import single_device_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_main(tmp_path, *flags):
   cmd = [sys.executable, "-m", "lmjax.main", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *flags]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=single_device_env())
 
 
 def last_line_error(result) -> str:

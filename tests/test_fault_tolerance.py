@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from conftest import single_device_env
 from lmjax import train
 from lmjax.checkpoint import Checkpointer, CheckpointError, load_saved_state
 from lmjax.writers import read_metrics
@@ -76,9 +77,8 @@ def command(corpus: Path, workdir: Path, async_save: bool) -> list[str]:
 @pytest.fixture(scope="module")
 def subprocess_env(tmp_path_factory):
   # A persistent compilation cache makes restarts cheap; a cached executable computes the same bits.
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = single_device_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+                          JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return env
 
 

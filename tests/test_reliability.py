@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from configs import tiny
+from conftest import single_device_env
 from lmjax import train
 from lmjax.checkpoint import load_saved_state
 from lmjax.config import ConfigError, ModelConfig
@@ -50,7 +51,8 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_matches(corpus, tmp_p
            "--config.train.eval_every=3000", "--config.train.num_samples=0", "--config.model.dropout=0.1"]
   cmd = [sys.executable, "-m", "lmjax.main", *flags]
   stopped = tmp_path / "stopped"
-  proc = subprocess.Popen([*cmd, f"--workdir={stopped}"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+  env = single_device_env()
+  proc = subprocess.Popen([*cmd, f"--workdir={stopped}"], cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
   metrics = stopped / "metrics.jsonl"
   deadline = time.time() + 120
   while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
@@ -62,9 +64,9 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_matches(corpus, tmp_p
   saved_step = int(load_saved_state(stopped / "checkpoints")["step"])
   assert 0 < saved_step < 3000  # stopped mid-run, between the regular checkpoints
 
-  subprocess.run([*cmd, f"--workdir={stopped}"], cwd=REPO, check=True, capture_output=True)
+  subprocess.run([*cmd, f"--workdir={stopped}"], cwd=REPO, check=True, capture_output=True, env=env)
   straight = tmp_path / "straight"
-  subprocess.run([*cmd, f"--workdir={straight}"], cwd=REPO, check=True, capture_output=True)
+  subprocess.run([*cmd, f"--workdir={straight}"], cwd=REPO, check=True, capture_output=True, env=env)
   for a, b in zip(leaves(load_saved_state(stopped / "checkpoints")["params"]),
                   leaves(load_saved_state(straight / "checkpoints")["params"])):
     np.testing.assert_array_equal(a, b)
