@@ -283,15 +283,18 @@ def log_scale(values: Sequence[float]) -> bool:
 
 
 def plot_metric_vs(runs: Sequence[Run], field: str, others: Sequence[str], metric: str, path: Path) -> Path | None:
-  """The final eval metric against one field; one series per combination of the other differing fields."""
-  points = [(r, r.final("eval", metric)) for r in runs]
-  points = [(r, v) for r, v in points if v is not None]
+  """The final eval metric against one field; one series per eval split (such as eval_len256, the same text at
+  another context length) and combination of the other differing fields."""
+  splits = sorted({s for r in runs for s in r.eval_splits}, key=lambda s: (s != "eval", s))
+  points = [(r, s, r.final(s, metric)) for r in runs for s in splits]
+  points = [(r, s, v) for r, s, v in points if v is not None]
   if not points:
     return None
   plt = _pyplot()
   groups: dict[str, list[tuple[Any, float]]] = {}
-  for r, v in points:
-    label = ", ".join(f"{o.rsplit('.', 1)[-1]}={r.config.get(o)}" for o in others)
+  for r, split, v in points:
+    parts = [split] if len(splits) > 1 else []
+    label = ", ".join(parts + [f"{o.rsplit('.', 1)[-1]}={r.config.get(o)}" for o in others])
     groups.setdefault(label, []).append((r.config.get(field), v))
   fig, ax = plt.subplots(figsize=(7, 4.5))
   xs = [x for series in groups.values() for x, _ in series]
@@ -310,14 +313,14 @@ def plot_metric_vs(runs: Sequence[Run], field: str, others: Sequence[str], metri
       bars = ax.bar(positions, heights, width, label=label or None)
       ax.bar_label(bars, fmt="%.4f", fontsize="small")
     ax.set_xticks(range(len(categories)), categories)
-    values = [v for _, v in points if math.isfinite(v)]
+    values = [v for _, _, v in points if math.isfinite(v)]
     if values:  # differences between runs are small next to the metric itself; start the axis near them
       low, high = min(values), max(values)
       pad = (high - low) * 0.5 or abs(high) * 0.05 or 1.0
       ax.set_ylim(max(0.0, low - pad) if low >= 0 else low - pad, high + pad)
   ax.set_xlabel(field)
   ax.set_ylabel(f"final eval {metric}")
-  unfinished = sum(not r.finished for r, _ in points)
+  unfinished = len({id(r) for r, _, _ in points if not r.finished})
   ax.set_title(f"eval {metric} vs {field}" + (f" ({unfinished} run(s) unfinished)" if unfinished else ""))
   ax.grid(alpha=0.3)
   if any(groups):

@@ -1,0 +1,47 @@
+"""Position encodings: which of the six does a small character-level GPT learn best with at its training context,
+and which keep working at twice that context?
+
+A 4-layer, width-128 GPT (configs/default.py's shape, 1000 instead of 2500 steps) on the embedded corpus, trained
+on 128-character windows and evaluated on the whole validation split at 128 and at 256 characters
+(split `eval_len256`). model.max_len is 256 for every point, so the learned table has rows for positions 128-255;
+training never reaches them (they get no gradient), which is what learned positions do when a model is run past
+its training length.
+
+  python -m lmjax.sweep --config=experiments/positional_encodings/config.py \
+      --workdir=runs/positional_encodings --parallel=1
+  python -m lmjax.report runs/positional_encodings --metric=loss
+"""
+
+from lmjax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.data.source = "embedded"
+  c.data.seq_len = 128
+  c.tokenizer.kind = "char"
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.d_model = 128
+  c.model.mlp_dim = 512
+  c.model.max_len = 256  # rows 128..255 of a learned table exist but are never trained
+  c.model.position = "learned"
+  c.optim.learning_rate = 2e-3
+  c.optim.min_learning_rate = 2e-4
+  c.optim.warmup_steps = 100
+  c.train.batch_size = 16
+  c.train.num_steps = 1000
+  c.train.steps_per_call = 10
+  c.train.log_every = 100
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.train.eval_batches = 0  # the whole validation split, so both lengths score the same target tokens
+  c.train.extra_eval_seq_lens = "256"
+  c.train.sample_length = 200
+  c.train.num_samples = 1
+  c.train.async_checkpoints = False
+  return c
+
+
+def get_hyper(h):
+  return h.sweep("model.position", ["none", "sinusoidal", "learned", "rope", "alibi", "t5"])
