@@ -1,35 +1,322 @@
-"""Autoregressive sampling from a decoder-only model.
+"""Autoregressive decoding over a key/value cache: greedy, temperature, top-k and top-p sampling, and beam search.
 
-Each new token re-runs the model over a fixed-size window of the most recent tokens, so one compiled program
-serves every step (a `lax.fori_loop`, no Python loop per token) and generation may run past the model's context
-by sliding the window.
+Every strategy drives a model through one small interface, `StepDecoder`, so that any architecture that can
+extend a sequence one token at a time plugs in by implementing it:
+
+  prepare(params) -> params
+      Done once per call, outside the token loop: whatever is fixed while decoding (weights cast to the compute
+      dtype).
+  init_cache(params, batch, length, encoder_inputs=None) -> cache
+      An empty cache for `length` positions per row. An encoder-decoder runs its encoder here and keeps the
+      encoder outputs (or each layer's cross-attention keys and values) in the cache; a decoder-only model takes no
+      encoder inputs.
+  prefill(params, cache, tokens_BP, lengths_B) -> (logits_BV, cache)
+      Runs a right-padded batch of prompts in one call (row b's prompt is tokens_BP[b, :lengths_B[b]], at
+      positions 0..lengths_B[b]-1, at least one token: <bos>) and returns each row's logits for the token after
+      its own prompt.
+  step(params, cache, tokens_B, positions_B) -> (logits_BV, cache)
+      Feeds one token per row at that row's own position and returns the logits for the next one.
+  max_len: int | None
+      The longest sequence the model can place (learned absolute positions), or None when it has no such limit.
+
+A cache is a pytree of arrays whose leading axis is the batch, so beam search can repeat rows into beams and
+reorder them without knowing what the cache holds. `DecoderOnlyStep` implements the interface for the GPT Decoder:
+its cache is one `KVCache` per layer, [B, K, M, d] keys and values with slot m holding position m, so biases and
+rotations always see the true absolute positions of cached keys.
+
+Prompts of different lengths share a batch: each row continues from its own length, and its new tokens follow its
+prompt directly in the returned [B, P + N] array. A row that emits EOS stops there: the EOS is kept and every later
+slot is PAD. The loop over tokens is a `lax.while_loop` inside one program, which stops early once every row is
+finished; jit the whole `generate` or `beam_search` call. (A caller that drives `step` itself should jit it with
+the cache donated, `donate_argnums=1`, so that XLA writes the new keys and values in place.)
+
+`generate_without_cache` is the former sampler, kept as the reference: it re-runs the model over a sliding window
+of recent tokens for every new token, so it also serves models without a cache and samples past a learned-position
+model's context.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
+
+from lmjax.data.tokenizers import EOS_ID, PAD_ID
+from lmjax.models.transformer import Decoder
+
+# Scores of impossible hypotheses: far below any real log-probability, yet finite so arithmetic stays NaN-free.
+NEG_INF = -1.0e9
 
 
-def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
-  """Greedy at temperature 0; otherwise sample from softmax(logits / T), optionally among the top k only."""
+class StepDecoder(Protocol):
+  max_len: int | None
+
+  def prepare(self, params: Any) -> Any: ...
+
+  def init_cache(self, params: Any, batch: int, length: int, encoder_inputs: Any = None) -> Any: ...
+
+  def prefill(self, params: Any, cache: Any, tokens_BP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, Any]: ...
+
+  def step(self, params: Any, cache: Any, tokens_B: jax.Array, positions_B: jax.Array) -> tuple[jax.Array, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyStep:
+  """StepDecoder for lmjax.models.transformer.Decoder (GPT)."""
+  model: Decoder
+
+  @property
+  def max_len(self) -> int | None:
+    cfg = self.model.cfg
+    return cfg.max_len if cfg.position == "learned" else None
+
+  def prepare(self, params: Any) -> Any:
+    """Matrices in the compute dtype once, rather than a cast (a full read and write of every weight) per token."""
+    dtype = jnp.dtype(self.model.cfg.dtype)
+
+    def cast(path, x):
+      name = getattr(path[-1], "key", "")
+      # The T5 bias table is read in float32 on purpose; norms and biases are small and computed in float32.
+      return x.astype(dtype) if x.ndim >= 2 and name in ("kernel", "embedding") else x
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+  def init_cache(self, params: Any, batch: int, length: int, encoder_inputs: Any = None) -> Any:
+    del params  # the cache's shape follows from the config alone
+    if encoder_inputs is not None:
+      raise ValueError("a decoder-only model takes no encoder inputs")
+    return self.model.init_cache(batch, length)
+
+  def prefill(self, params: Any, cache: Any, tokens_BP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, Any]:
+    B, P = tokens_BP.shape
+    positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+    # Padding after a shorter prompt is written to the cache too, but only into slots that row's own new tokens
+    # overwrite before any query can see them (a query at position p sees slots 0..p).
+    logits_B1V, cache = self.model.apply({"params": params}, tokens_BP, positions_BL=positions_BP, cache=cache,
+                                         logits_index_B=lengths_B - 1)
+    return logits_B1V[:, 0], cache
+
+  def step(self, params: Any, cache: Any, tokens_B: jax.Array, positions_B: jax.Array) -> tuple[jax.Array, Any]:
+    logits_B1V, cache = self.model.apply({"params": params}, tokens_B[:, None], positions_BL=positions_B[:, None],
+                                         cache=cache)
+    return logits_B1V[:, 0], cache
+
+
+def step_decoder(model: Any) -> StepDecoder | None:
+  """The StepDecoder for a model, or None for one that cannot decode over a cache (use generate_without_cache)."""
+  if isinstance(model, Decoder):
+    return DecoderOnlyStep(model)
+  return None
+
+
+def check_fits(decoder: StepDecoder, prompt_len: int, max_new_tokens: int) -> None:
+  if decoder.max_len is not None and prompt_len + max_new_tokens > decoder.max_len:
+    raise ValueError(
+        f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} = {prompt_len + max_new_tokens} exceeds "
+        f"model.max_len={decoder.max_len}, the size of the learned position table; shorten the prompt or lower "
+        f"max_new_tokens")
+
+
+# --- choosing the next token ------------------------------------------------------------------------------------
+
+def top_p_filter(logits_BV: jax.Array, top_p: float, sorted_BS: jax.Array | None = None) -> jax.Array:
+  """Keeps the smallest set of most likely tokens whose probabilities reach top_p (the nucleus); -inf elsewhere.
+
+  `sorted_BS` may give the candidates already sorted in descending order (the top k), so the whole vocabulary
+  need not be sorted.
+  """
+  if sorted_BS is None:
+    sorted_BS = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+  probs_BS = jax.nn.softmax(sorted_BS, axis=-1)
+  # A token is in the nucleus while the tokens ranked above it hold less than top_p together; the first always is.
+  before_BS = jnp.cumsum(probs_BS, axis=-1) - probs_BS
+  last_B1 = jnp.sum(before_BS < top_p, axis=-1, keepdims=True) - 1
+  threshold_B1 = jnp.take_along_axis(sorted_BS, last_B1, axis=-1)
+  return jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+
+
+def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+  """Greedy at temperature 0; otherwise sample from softmax(logits / T), restricted to the top k tokens and then
+  to the top-p nucleus of what is left (each only when set: top_k > 0, top_p < 1)."""
   if temperature == 0.0:
     return logits_BV.argmax(-1).astype(jnp.int32)
   logits_BV = logits_BV / temperature
+  sorted_BS = None
   if top_k > 0:
-    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+    sorted_BS = jax.lax.top_k(logits_BV, top_k)[0]
+    logits_BV = jnp.where(logits_BV < sorted_BS[:, -1:], -jnp.inf, logits_BV)
+  if top_p < 1.0:
+    logits_BV = top_p_filter(logits_BV, top_p, sorted_BS)
   return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
 
 
-def generate(model: nn.Module, params: Any, prompt_BP: jax.Array, rng: jax.Array, *, num_new: int,
-             window: int, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
-  """Returns [B, P + num_new] tokens: the prompt followed by num_new sampled tokens.
+def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+  """GNMT (Wu et al., 2016): ((5 + |Y|) / 6)^alpha; a beam's score is its log-probability divided by this."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
-  All prompts share length P. `window` is the longest context the model is run on (its max_len).
+
+# --- sampling -----------------------------------------------------------------------------------------------------
+
+def _start(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B: jax.Array, max_new_tokens: int,
+           encoder_inputs: Any) -> tuple[Any, jax.Array, Any, jax.Array]:
+  """Prepared params, first logits, the cache after the prompt, and the output buffer holding the prompts."""
+  B, P = prompt_BP.shape
+  check_fits(decoder, P, max_new_tokens)
+  params = decoder.prepare(params)
+  cache = decoder.init_cache(params, B, P + max_new_tokens, encoder_inputs)
+  logits_BV, cache = decoder.prefill(params, cache, prompt_BP, lengths_B)
+  T = P + max_new_tokens
+  prompt_BP = jnp.where(jnp.arange(P) < lengths_B[:, None], prompt_BP, PAD_ID).astype(jnp.int32)
+  tokens_BT = jnp.full((B, T), PAD_ID, jnp.int32).at[:, :P].set(prompt_BP)
+  return params, logits_BV, cache, tokens_BT
+
+
+def generate(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B: jax.Array, rng: jax.Array, *,
+             max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             eos_id: int | None = EOS_ID, encoder_inputs: Any = None) -> jax.Array:
+  """[B, P + N] tokens: row b is its prompt (lengths_B[b] tokens of the right-padded prompt_BP), then up to N new
+  tokens, ending with EOS when one was sampled, then PAD. Temperature 0 is greedy decoding.
+
+  Randomness: the i-th new token uses the i-th key of the chain `rng, key = split(rng)`, as generate_without_cache
+  does, so both give the same samples where their logits agree.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+  B = prompt_BP.shape[0]
+  lengths_B = jnp.asarray(lengths_B, jnp.int32)
+  params, logits_BV, cache, tokens_BT = _start(decoder, params, prompt_BP, lengths_B, max_new_tokens, encoder_inputs)
+  rows_B = jnp.arange(B)
+  stop = -1 if eos_id is None else eos_id
+
+  def choose(i, logits_BV, rng, tokens_BT, done_B):
+    rng, key = jax.random.split(rng)
+    next_B = jnp.where(done_B, PAD_ID, sample_logits(logits_BV, key, temperature, top_k, top_p))
+    tokens_BT = tokens_BT.at[rows_B, lengths_B + i].set(next_B, unique_indices=True)
+    return next_B, rng, tokens_BT, done_B | (next_B == stop)
+
+  def body(carry):
+    i, prev_B, cache, rng, tokens_BT, done_B = carry
+    logits_BV, cache = decoder.step(params, cache, prev_B, lengths_B + i - 1)
+    next_B, rng, tokens_BT, done_B = choose(i, logits_BV, rng, tokens_BT, done_B)
+    return i + 1, next_B, cache, rng, tokens_BT, done_B
+
+  def cond(carry):
+    i, *_, done_B = carry
+    return (i < max_new_tokens) & ~jnp.all(done_B)
+
+  first_B, rng, tokens_BT, done_B = choose(0, logits_BV, rng, tokens_BT, jnp.zeros((B,), bool))
+  carry = jax.lax.while_loop(cond, body, (jnp.int32(1), first_B, cache, rng, tokens_BT, done_B))
+  return carry[4]
+
+
+# --- beam search --------------------------------------------------------------------------------------------------
+
+def _reorder(tree: Any, rows: jax.Array) -> Any:
+  """Every leaf's rows (the leading batch axis) gathered by `rows`."""
+  return jax.tree_util.tree_map(lambda x: jnp.take(x, rows, axis=0), tree)
+
+
+def beam_search(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B: jax.Array, *, beam_size: int,
+                max_new_tokens: int, alpha: float = 0.6, eos_id: int | None = EOS_ID,
+                encoder_inputs: Any = None) -> tuple[jax.Array, jax.Array]:
+  """The beam_size best continuations of each prompt: tokens [B, W, P + N] (laid out as in `generate`) and their
+  scores [B, W], best first. A score is the sum of the token log-probabilities divided by length_penalty(new
+  tokens including EOS, alpha); alpha = 0 ranks by log-probability alone.
+
+  Finished hypotheses (ended by EOS) are kept aside and never extended; each step the W best unfinished ones
+  continue. A row stops once it has W finished hypotheses that no unfinished one can still beat; the search stops
+  when every row has, or after N new tokens, when unfinished hypotheses compete with the finished ones as they are.
+  """
+  if max_new_tokens < 1 or beam_size < 1:
+    raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be at least 1")
+  B, W, N = prompt_BP.shape[0], beam_size, max_new_tokens
+  lengths_B = jnp.asarray(lengths_B, jnp.int32)
+  params, logits_BV, cache, tokens_BT = _start(decoder, params, prompt_BP, lengths_B, N, encoder_inputs)
+  T, V = tokens_BT.shape[1], logits_BV.shape[-1]
+  stop = -1 if eos_id is None else eos_id
+  # Row (b, w) of the beam cache is row b * W + w.
+  cache = _reorder(cache, jnp.repeat(jnp.arange(B), W))
+  logits_BWV = jnp.broadcast_to(logits_BV[:, None], (B, W, V))
+  rows_BW = jnp.arange(B)[:, None] * W
+  lengths_X = jnp.repeat(lengths_B, W)
+
+  # Alive: the W best unfinished hypotheses. At first only beam 0 exists, so the others cannot duplicate it.
+  alive_BWT = jnp.broadcast_to(tokens_BT[:, None], (B, W, T))
+  alive_logp_BW = jnp.where(jnp.arange(W) == 0, 0.0, NEG_INF) + jnp.zeros((B, 1))
+  finished_BWT = alive_BWT
+  finished_score_BW = jnp.full((B, W), NEG_INF)
+  finished_ok_BW = jnp.zeros((B, W), bool)
+
+  def expand(i, logits_BWV, state):
+    """Extends the alive hypotheses by token i (0-based) and sorts the candidates into alive and finished."""
+    alive_BWT, alive_logp_BW, finished_BWT, finished_score_BW, finished_ok_BW, cache = state
+    logp_BWV = jax.nn.log_softmax(logits_BWV, axis=-1)
+    cand_BX = (alive_logp_BW[:, :, None] + logp_BWV).reshape(B, W * V)
+    # 2W candidates always hold W that do not end in EOS: at most one EOS continuation per beam.
+    cand_logp_BC, index_BC = jax.lax.top_k(cand_BX, 2 * W)
+    parent_BC, token_BC = index_BC // V, (index_BC % V).astype(jnp.int32)
+    seq_BCT = jnp.take_along_axis(alive_BWT, parent_BC[:, :, None], axis=1)
+    at_BCT = jnp.arange(T) == (lengths_B[:, None, None] + i)
+    seq_BCT = jnp.where(at_BCT, token_BC[:, :, None], seq_BCT)
+    is_eos_BC = token_BC == stop
+
+    alive_logp_BC = jnp.where(is_eos_BC, NEG_INF, cand_logp_BC)
+    alive_logp_BW, pick_BW = jax.lax.top_k(alive_logp_BC, W)
+    alive_BWT = jnp.take_along_axis(seq_BCT, pick_BW[:, :, None], axis=1)
+    parent_BW = jnp.take_along_axis(parent_BC, pick_BW, axis=1)
+    alive_token_BW = jnp.take_along_axis(token_BC, pick_BW, axis=1)
+    cache = _reorder(cache, (rows_BW + parent_BW).reshape(-1))
+
+    new_score_BC = jnp.where(is_eos_BC, cand_logp_BC / length_penalty(i + 1, alpha), NEG_INF)
+    pool_score_BX = jnp.concatenate([finished_score_BW, new_score_BC], axis=1)
+    pool_ok_BX = jnp.concatenate([finished_ok_BW, is_eos_BC & (cand_logp_BC > NEG_INF / 2)], axis=1)
+    pool_BXT = jnp.concatenate([finished_BWT, seq_BCT], axis=1)
+    finished_score_BW, keep_BW = jax.lax.top_k(pool_score_BX, W)
+    finished_ok_BW = jnp.take_along_axis(pool_ok_BX, keep_BW, axis=1)
+    finished_BWT = jnp.take_along_axis(pool_BXT, keep_BW[:, :, None], axis=1)
+    state = alive_BWT, alive_logp_BW, finished_BWT, finished_score_BW, finished_ok_BW, cache
+    return state, alive_token_BW
+
+  def row_done(i, alive_logp_BW, finished_score_BW, finished_ok_BW):
+    # Log-probabilities only fall as a hypothesis grows; the penalty's largest value over the lengths it may still
+    # reach bounds the best score it can get.
+    best_penalty = jnp.maximum(length_penalty(i + 1, alpha), length_penalty(N, alpha))
+    bound_B = alive_logp_BW[:, 0] / best_penalty
+    return jnp.all(finished_ok_BW, axis=1) & (finished_score_BW[:, -1] >= bound_B)
+
+  def body(carry):
+    i, token_BW, state = carry
+    cache = state[-1]
+    logits_XV, cache = decoder.step(params, cache, token_BW.reshape(-1), lengths_X + i - 1)
+    state, token_BW = expand(i, logits_XV.reshape(B, W, V), (*state[:-1], cache))
+    return i + 1, token_BW, state
+
+  def cond(carry):
+    i, _, (_, alive_logp_BW, _, finished_score_BW, finished_ok_BW, _) = carry
+    return (i < N) & ~jnp.all(row_done(i, alive_logp_BW, finished_score_BW, finished_ok_BW))
+
+  state = (alive_BWT, alive_logp_BW, finished_BWT, finished_score_BW, finished_ok_BW, cache)
+  state, token_BW = expand(0, logits_BWV, state)
+  i, _, state = jax.lax.while_loop(cond, body, (jnp.int32(1), token_BW, state))
+  alive_BWT, alive_logp_BW, finished_BWT, finished_score_BW, _, _ = state
+  # Hypotheses cut off by the token limit compete with the finished ones as they are.
+  alive_score_BW = jnp.where(alive_logp_BW > NEG_INF / 2, alive_logp_BW / length_penalty(i, alpha), NEG_INF)
+  score_BX = jnp.concatenate([finished_score_BW, alive_score_BW], axis=1)
+  seq_BXT = jnp.concatenate([finished_BWT, alive_BWT], axis=1)
+  scores_BW, best_BW = jax.lax.top_k(score_BX, W)
+  return jnp.take_along_axis(seq_BXT, best_BW[:, :, None], axis=1), scores_BW
+
+
+# --- the reference: full recomputation over a sliding window --------------------------------------------------
+
+def generate_without_cache(model: Any, params: Any, prompt_BP: jax.Array, rng: jax.Array, *, num_new: int,
+                           window: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Returns [B, P + num_new] tokens: the prompt followed by num_new sampled tokens (no stop at EOS).
+
+  All prompts share length P. Each token re-runs the model over the last `window` tokens (at most its max_len),
+  one compiled program for every step, so generation may run past the model's context by sliding the window.
   """
   B, P = prompt_BP.shape
   total = P + num_new
@@ -43,7 +330,7 @@ def generate(model: nn.Module, params: Any, prompt_BP: jax.Array, rng: jax.Array
     logits_BWV = model.apply({"params": params}, context_BW, deterministic=True)
     logits_BV = jax.lax.dynamic_index_in_dim(logits_BWV, pos - 1 - start, axis=1, keepdims=False)
     rng, step_rng = jax.random.split(rng)
-    next_B = sample_logits(logits_BV, step_rng, temperature, top_k)
+    next_B = sample_logits(logits_BV, step_rng, temperature, top_k, top_p)
     return tokens_BT.at[:, pos].set(next_B), rng
 
   tokens_BT, _ = jax.lax.fori_loop(P, total, body, (tokens_BT, rng))

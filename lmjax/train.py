@@ -22,7 +22,7 @@ from lmjax.checkpoint import Checkpointer, has_checkpoints
 from lmjax.config import ConfigError, parse_lengths, validate
 from lmjax.data import pipeline, sources
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer, build_tokenizer
-from lmjax.decode import generate
+from lmjax.decode import generate, generate_without_cache, step_decoder
 from lmjax.optim import learning_rate_schedule
 from lmjax.preemption import Preempted, StopSignals
 from lmjax.state import abstract_train_state, count_params, create_train_state
@@ -100,10 +100,18 @@ class Sampler:
     self.prompt_text = t.sample_prompt
     self.prompt_BP = sharding.replicated(np.tile(np.asarray(prompt, np.int32), (max(self.num, 1), 1)), mesh)
     window = min(config.model.max_len, config.data.seq_len)
+    decoder = step_decoder(model)
+    settings = dict(temperature=t.sample_temperature, top_k=t.sample_top_k)
+    if decoder is not None and 0 < t.sample_length and len(prompt) + t.sample_length <= window:
+      # The sample fits in the context the model trained on: decode over a cache, stopping at EOS.
+      def sample(params, prompt_BP, rng):
+        lengths_B = jnp.full(prompt_BP.shape[:1], prompt_BP.shape[1], jnp.int32)
+        return generate(decoder, params, prompt_BP, lengths_B, rng, max_new_tokens=t.sample_length, **settings)
+    else:
+      # Longer samples (or models without a cache) slide a window of the trained context over the text.
+      sample = functools.partial(generate_without_cache, model, num_new=t.sample_length, window=window, **settings)
     # Replicated output: every process can read the samples, whatever the mesh.
-    self._generate = jax.jit(functools.partial(
-        generate, model, num_new=t.sample_length, window=window, temperature=t.sample_temperature,
-        top_k=t.sample_top_k), out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    self._generate = jax.jit(sample, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     self.mesh, self.rules = mesh, sharding.without_batch_sharding(rules)
     self.seed = config.seed
 

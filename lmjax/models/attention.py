@@ -7,9 +7,14 @@ Position biases (ALiBi, T5) always take the reference path, which adds them to t
 
 Grouped-query attention (`model.num_kv_heads` < `model.num_heads`) shares each key/value head among G = H / K
 consecutive query heads: query head h = k * G + g reads key/value head k.
+
+For decoding, a layer's keys and values live in a `KVCache` indexed by absolute position (slot m holds the key of
+the token at position m), so a new token's bias or rotation needs no bookkeeping beyond its own position.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +80,48 @@ def fused_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mas
   return jax.nn.dot_product_attention(q_BLHd, k_BMKd, v_BMKd, mask=mask_B1LM)
 
 
+class KVCache(NamedTuple):
+  """One layer's keys and values for decoding: slot m of row b holds position m of that row's sequence.
+
+  Only K key/value heads are stored (grouped-query attention shrinks the cache by H / K), with rotary embeddings
+  already applied, since a key's rotation depends only on its own position. Heads come before slots, the layout in
+  which both attention matmuls read the cache directly; [B, M, K, d] would be transposed (copied whole) each step.
+  """
+  k_BKMd: jax.Array
+  v_BKMd: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, length: int, kv_heads: int, head_dim: int, dtype: jnp.dtype) -> "KVCache":
+    shape = (batch, kv_heads, length, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+  def write(self, k_BLKd: jax.Array, v_BLKd: jax.Array, positions_BL: jax.Array) -> "KVCache":
+    """The cache with the new keys and values at their positions (a scatter that XLA performs in place)."""
+    b_B1 = jnp.arange(k_BLKd.shape[0])[:, None]
+    # Indexing [b, :, position] addresses a [B, L, K, d] block, the shape of the new keys.
+    put = lambda cache, new: cache.at[b_B1, :, positions_BL].set(new.astype(cache.dtype), unique_indices=True)
+    return KVCache(put(self.k_BKMd, k_BLKd), put(self.v_BKMd, v_BLKd))
+
+
+def cache_mask(positions_BL: jax.Array, length: int) -> jax.Array:
+  """[B, 1, L, M]: a query at position p sees cache slots 0..p, which hold its row's tokens up to itself."""
+  return (jnp.arange(length)[None, None, :] <= positions_BL[:, :, None])[:, None]
+
+
+def cached_attention(q_BLHd: jax.Array, cache: KVCache, mask_B1LM: jax.Array,
+                     bias_BHLM: jax.Array | None = None) -> jax.Array:
+  """reference_attention over a KVCache: the same function, written for the cache's heads-first layout."""
+  B, L, H, d = q_BLHd.shape
+  K, M = cache.k_BKMd.shape[1:3]
+  q_BLKGd = (q_BLHd * d ** -0.5).reshape(B, L, K, H // K, d)
+  scores_BKGLM = jnp.einsum("BLKGd,BKMd->BKGLM", q_BLKGd, cache.k_BKMd).astype(jnp.float32)
+  if bias_BHLM is not None:
+    scores_BKGLM = scores_BKGLM + bias_BHLM.astype(jnp.float32).reshape(B, K, H // K, L, M)
+  scores_BKGLM = jnp.where(mask_B1LM[:, :, None], scores_BKGLM, _MASKED)
+  probs_BKGLM = jax.nn.softmax(scores_BKGLM, axis=-1).astype(cache.v_BKMd.dtype)
+  return jnp.einsum("BKGLM,BKMd->BLKGd", probs_BKGLM, cache.v_BKMd).reshape(B, L, H, d)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head self-attention.
 
@@ -85,8 +132,11 @@ class MultiHeadAttention(nn.Module):
   out_std: float
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array, deterministic: bool, *,
-               positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array | None, deterministic: bool, *,
+               positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None,
+               cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """With a `cache`, the new keys and values are written at `positions_BL` and the queries attend to the cache up
+    to their own positions (`mask_B1LM` is unused; `bias_BHLM` spans the M slots); returns (output, updated cache)."""
     cfg = self.cfg
     B, L, D = x_BLD.shape
     H, K, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -110,7 +160,16 @@ class MultiHeadAttention(nn.Module):
     q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
 
     use_dropout = not deterministic and cfg.attention_dropout > 0.0
-    if cfg.attention_impl == "jax" and not use_dropout and bias_BHLM is None:
+    if cache is not None:
+      cache = cache.write(k_BLKd, v_BLKd, positions_BL)
+      mask_B1LM = cache_mask(positions_BL, cache.k_BKMd.shape[2])
+      if cfg.attention_impl == "jax" and bias_BHLM is None:
+        # The fused op reads [B, M, K, d]: a transposed copy of the cache per call, the price of cuDNN on GPU.
+        to_BMKd = lambda x_BKMd: jnp.swapaxes(x_BKMd, 1, 2)
+        out_BLHd = fused_attention(q_BLHd, to_BMKd(cache.k_BKMd), to_BMKd(cache.v_BKMd), mask_B1LM)
+      else:
+        out_BLHd = cached_attention(q_BLHd, cache, mask_B1LM, bias_BHLM)
+    elif cfg.attention_impl == "jax" and not use_dropout and bias_BHLM is None:
       out_BLHd = fused_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM)
     else:
       rng = self.make_rng("dropout") if use_dropout else None
@@ -118,4 +177,5 @@ class MultiHeadAttention(nn.Module):
 
     y_ND = Projection((cfg.d_model,), ("heads", "kv"), ("embed",), self.out_std, cfg.use_bias, cfg.dtype,
                       cfg.param_dtype, name="out")(out_BLHd.reshape(B * L, H, d))
-    return nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)
+    y_BLD = nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)
+    return y_BLD if cache is None else (y_BLD, cache)

@@ -39,7 +39,9 @@ class AbsolutePositions(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, positions_BL: jax.Array) -> jax.Array | float:
+  def __call__(self, positions_BL: jax.Array, num_positions: int = 0) -> jax.Array | float:
+    """`num_positions` bounds the positions looked up when it exceeds the input length: a decoding step sees one
+    token, but its position may lie anywhere in the cache."""
     cfg = self.cfg
     if cfg.position == "learned":
       table_LD = self.param("embedding", normal_init(cfg.init_std, "length", "embed"),
@@ -48,8 +50,9 @@ class AbsolutePositions(nn.Module):
     if cfg.position == "sinusoidal":
       table_LD = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model), dtype_of(cfg.dtype))
       # Sinusoids extrapolate, so positions past max_len are computed instead of looked up.
-      if positions_BL.shape[-1] > cfg.max_len:
-        table_LD = jnp.asarray(sinusoidal_table(positions_BL.shape[-1], cfg.d_model), dtype_of(cfg.dtype))
+      needed = max(positions_BL.shape[-1], num_positions)
+      if needed > cfg.max_len:
+        table_LD = jnp.asarray(sinusoidal_table(needed, cfg.d_model), dtype_of(cfg.dtype))
       # Scaled so each feature has the RMS of a learned table at init (init_std): at amplitude 1 the sinusoids
       # drown token embeddings initialized at 0.02, and a small model never learns to read the tokens.
       scale = cfg.init_std * np.sqrt(2.0)
@@ -91,14 +94,19 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   return np.concatenate([np.asarray(power_of_two(n), np.float32), extra]).astype(np.float32)
 
 
-def relative_positions(positions_BL: jax.Array) -> jax.Array:
-  """[B, L, M] key position minus query position (negative for keys in the past)."""
-  return positions_BL[:, None, :] - positions_BL[:, :, None]
+def relative_positions(positions_BL: jax.Array, kv_positions_BM: jax.Array | None = None) -> jax.Array:
+  """[B, L, M] key position minus query position (negative for keys in the past).
+
+  Keys are the queries themselves unless `kv_positions_BM` is given, as when decoding against a cache whose keys
+  sit at other positions than the new tokens.
+  """
+  kv_positions_BM = positions_BL if kv_positions_BM is None else kv_positions_BM
+  return kv_positions_BM[:, None, :] - positions_BL[:, :, None]
 
 
-def alibi_bias(positions_BL: jax.Array, num_heads: int) -> jax.Array:
+def alibi_bias(positions_BL: jax.Array, num_heads: int, kv_positions_BM: jax.Array | None = None) -> jax.Array:
   """[B, H, L, M] additive bias -slope_h * |q - k|; keys after the query are masked anyway for a decoder."""
-  distance_BLM = jnp.abs(relative_positions(positions_BL)).astype(jnp.float32)
+  distance_BLM = jnp.abs(relative_positions(positions_BL, kv_positions_BM)).astype(jnp.float32)
   slopes_H = jnp.asarray(alibi_slopes(num_heads))
   return -slopes_H[None, :, None, None] * distance_BLM[:, None]
 
@@ -133,11 +141,12 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool = False
 
   @nn.compact
-  def __call__(self, positions_BL: jax.Array) -> jax.Array:
+  def __call__(self, positions_BL: jax.Array, kv_positions_BM: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
     table_RH = self.param("rel_embedding", normal_init(cfg.init_std, None, "heads"),
                           (cfg.relative_buckets, cfg.num_heads), dtype_of(cfg.param_dtype))
-    buckets_BLM = relative_position_bucket(relative_positions(positions_BL), bidirectional=self.bidirectional,
-                                           num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance)
+    buckets_BLM = relative_position_bucket(relative_positions(positions_BL, kv_positions_BM),
+                                           bidirectional=self.bidirectional, num_buckets=cfg.relative_buckets,
+                                           max_distance=cfg.relative_max_distance)
     bias_BLMH = jnp.take(table_RH, buckets_BLM, axis=0).astype(jnp.float32)
     return jnp.transpose(bias_BLMH, (0, 3, 1, 2))

@@ -1,0 +1,265 @@
+r"""Generate text from a trained run, and write sample sheets for people to judge.
+
+  python -m lmjax.generate --workdir=runs/default --prompt="And God said" --num_samples=3 --top_p=0.9
+  python -m lmjax.generate --workdir=runs/default --input=prompts.txt --num_samples=4 --temperature=0.8 \
+      --sheet=top_p09
+  python -m lmjax.generate --workdir=runs/default --prompt="In the beginning" --beam_size=4 --length_penalty=0.6
+
+Reads the run's config.json, tokenizer and the latest checkpoint's parameters (or --step's), generates
+--num_samples continuations of every prompt (one batch, decoded over a key/value cache), and prints them. With
+--sheet=NAME it also writes workdir/samples/NAME.md (the settings, then each prompt with its samples) and NAME.jsonl
+(one record per sample). Without --prompt or --input it samples from the start of a document (an empty prompt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+
+from lmjax.cli import fail, parse_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run's directory: config.json, tokenizer/ and checkpoints/.")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
+_INPUT = flags.DEFINE_string("input", "", "A UTF-8 file with one prompt per line (instead of --prompt).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (with --beam_size: the best beams).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate after each prompt, at most.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 is greedy decoding.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens only; 0 for all.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the most likely tokens holding this probability.")
+_BEAM_SIZE = flags.DEFINE_integer("beam_size", 0, "Beam search with this many beams instead of sampling; 0 samples.")
+_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 0.6, "Beam search: alpha of ((5 + length) / 6)^alpha.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default the latest.")
+_SHEET = flags.DEFINE_string("sheet", "", "Also write workdir/samples/NAME.md and NAME.jsonl.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows (prompt x sample) decoded together, at most.")
+flags.mark_flag_as_required("workdir")
+
+
+def check_flags() -> None:
+  """Every flag that can be checked without touching the workdir; one line per mistake."""
+  if _PROMPT.value and _INPUT.value:
+    fail("give prompts with --prompt or --input, not both")
+  for flag, low in ((_NUM_SAMPLES, 1), (_MAX_NEW, 1), (_TOP_K, 0), (_BEAM_SIZE, 0), (_BATCH_SIZE, 1)):
+    if flag.value < low:
+      fail(f"--{flag.name}={flag.value} must be >= {low}")
+  if _TEMPERATURE.value < 0:
+    fail(f"--temperature={_TEMPERATURE.value} must be >= 0 (0 is greedy)")
+  if not 0.0 < _TOP_P.value <= 1.0:
+    fail(f"--top_p={_TOP_P.value} must be in (0, 1]")
+  if _BEAM_SIZE.value and _NUM_SAMPLES.value > _BEAM_SIZE.value:
+    fail(f"--num_samples={_NUM_SAMPLES.value} exceeds --beam_size={_BEAM_SIZE.value}: beam search returns at most "
+         f"that many sequences per prompt")
+  if _BEAM_SIZE.value and (_TOP_K.value or _TOP_P.value < 1.0):
+    fail("--top_k and --top_p apply to sampling, not to beam search (--beam_size)")
+  if _SHEET.value and not re.fullmatch(r"[\w.-]+", _SHEET.value):
+    fail(f"--sheet={_SHEET.value!r} must be a plain file name (letters, digits, '_', '-', '.')")
+
+
+def read_prompts() -> list[str]:
+  if _INPUT.value:
+    try:
+      lines = Path(_INPUT.value).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+      fail(f"--input={_INPUT.value}: cannot read it ({e.__class__.__name__}: {e})")
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+      fail(f"--input={_INPUT.value} holds no prompts (one per line)")
+    return prompts
+  return list(_PROMPT.value) or [""]
+
+
+def settings() -> dict[str, Any]:
+  if _BEAM_SIZE.value:
+    return {"strategy": "beam", "beam_size": _BEAM_SIZE.value, "length_penalty": _LENGTH_PENALTY.value,
+            "max_new_tokens": _MAX_NEW.value}
+  return {"strategy": "greedy" if _TEMPERATURE.value == 0 else "sample", "temperature": _TEMPERATURE.value,
+          "top_k": _TOP_K.value, "top_p": _TOP_P.value, "max_new_tokens": _MAX_NEW.value, "seed": _SEED.value}
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+  """Orbax warns that a sub-item has no metadata file of its own when read directly; expected here."""
+  previous = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(previous)
+
+
+def load_params(checkpoints: Path, step: int | None) -> tuple[Any, int]:
+  """Only the parameters of a saved train state (not the optimizer moments), on one device."""
+  import jax
+  import orbax.checkpoint as ocp
+  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+  if not steps:
+    fail(f"no checkpoint in {checkpoints}; train the run first")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    fail(f"--step={step}: no such checkpoint in {checkpoints} (steps: {', '.join(map(str, steps))})")
+  path = checkpoints / str(step) / "state"
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with _quiet_warnings(), ocp.StandardCheckpointer() as reader:
+    metadata = reader.metadata(path).item_metadata
+  target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                             metadata["params"])}
+  restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+  with _quiet_warnings(), ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                                  partial_restore=True))
+  return restored["params"], step
+
+
+def load_run(workdir: Path) -> tuple[Any, Any, Any]:
+  """(config, tokenizer, model) of a run, failing in one line on what is missing."""
+  from lmjax.config import ConfigError, base_config, flatten, model_config, validate
+  from lmjax.data.tokenizers import load_tokenizer
+  from lmjax.models import build_model
+  if not workdir.is_dir():
+    fail(f"--workdir={workdir}: no such directory")
+  try:
+    saved = json.loads((workdir / "config.json").read_text())
+  except FileNotFoundError:
+    fail(f"--workdir={workdir} has no config.json; is it a run's workdir?")
+  except json.JSONDecodeError as e:
+    fail(f"{workdir / 'config.json'} is not valid JSON ({e})")
+  # Fields added to lmjax after the run started take their defaults.
+  config = base_config()
+  try:
+    config.update_from_flattened_dict(flatten(saved))
+    validate(config)
+  except (ConfigError, KeyError, TypeError, ValueError) as e:
+    fail(f"{workdir / 'config.json'}: {e}")
+  if not (workdir / "tokenizer").is_dir():
+    fail(f"--workdir={workdir} has no tokenizer/; train the run first")
+  tokenizer = load_tokenizer(workdir / "tokenizer")
+  if config.model.name != "gpt":
+    fail(f"config.model.name={config.model.name!r}: lmjax.generate decodes GPT models (model.name='gpt') only")
+  if _TOP_K.value > tokenizer.vocab_size:
+    fail(f"--top_k={_TOP_K.value} exceeds the vocabulary of {tokenizer.vocab_size} tokens")
+  model = build_model(model_config(config, tokenizer.vocab_size))
+  return config, tokenizer, model
+
+
+
+
+def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], s: dict[str, Any],
+                   num_samples: int, batch_size: int) -> list[list[dict[str, Any]]]:
+  """For each prompt, num_samples dicts {"text", "new_tokens", and "score" for beam search}."""
+  import functools
+  import jax
+  import jax.numpy as jnp
+  from lmjax import decode
+  from lmjax.data.tokenizers import BOS_ID, EOS_ID
+
+  decoder = decode.step_decoder(model)
+  encoded = [[BOS_ID, *tokenizer.encode(p).tolist()] for p in prompts]
+  P = max(map(len, encoded))
+  decode.check_fits(decoder, P, s["max_new_tokens"])
+  beam = s["strategy"] == "beam"
+  # Sampling repeats each prompt once per sample; beam search returns its best beams for each prompt once.
+  rows = [(i, j) for i in range(len(prompts)) for j in range(1 if beam else num_samples)]
+  batch = min(batch_size, len(rows))
+  if beam:
+    fn = jax.jit(functools.partial(decode.beam_search, decoder, beam_size=s["beam_size"],
+                                   max_new_tokens=s["max_new_tokens"], alpha=s["length_penalty"]))
+  else:
+    fn = jax.jit(functools.partial(decode.generate, decoder, max_new_tokens=s["max_new_tokens"],
+                                   temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"]))
+  rng = jax.random.PRNGKey(s.get("seed", 0))
+  results: list[list[dict[str, Any]]] = [[] for _ in prompts]
+  for chunk_index, start in enumerate(range(0, len(rows), batch)):
+    chunk = rows[start:start + batch]
+    chunk = chunk + [chunk[-1]] * (batch - len(chunk))  # one shape for every chunk: compiled once
+    prompt_BP = np.zeros((batch, P), np.int32)
+    lengths_B = np.asarray([len(encoded[i]) for i, _ in chunk], np.int32)
+    for r, (i, _) in enumerate(chunk):
+      prompt_BP[r, :len(encoded[i])] = encoded[i]
+    if beam:
+      tokens_BWT, scores_BW = jax.device_get(fn(params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B)))
+      outputs = [[(tokens_BWT[r, w], float(scores_BW[r, w])) for w in range(num_samples)] for r in range(batch)]
+    else:
+      tokens_BT = jax.device_get(fn(params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
+                                    jax.random.fold_in(rng, chunk_index)))
+      outputs = [[(tokens_BT[r], None)] for r in range(batch)]
+    for r, (i, j) in enumerate(rows[start:start + batch]):
+      for tokens_T, score in outputs[r]:
+        new = tokens_T[lengths_B[r]:lengths_B[r] + s["max_new_tokens"]].tolist()
+        new = new[: new.index(EOS_ID) + 1] if EOS_ID in new else new
+        record = {"text": tokenizer.decode(new), "new_tokens": len(new), "ended_with_eos": EOS_ID in new}
+        if score is not None:
+          record["score"] = score
+        results[i].append(record)
+  return results
+
+
+def write_sheet(directory: Path, name: str, meta: dict[str, Any], prompts: list[str],
+                results: list[list[dict[str, Any]]]) -> tuple[Path, Path]:
+  """NAME.md for reading (settings table, then each prompt and its samples) and NAME.jsonl for tools."""
+  directory.mkdir(parents=True, exist_ok=True)
+  lines = [f"# Sample sheet: {name}", "", "| setting | value |", "|---|---|"]
+  lines += [f"| {k} | {v} |" for k, v in meta.items()]
+  records = []
+  for n, (prompt, samples) in enumerate(zip(prompts, results)):
+    lines += ["", f"## Prompt {n + 1}", "", _quote(prompt or "(empty: the start of a document)")]
+    for j, sample in enumerate(samples):
+      score = f", score {sample['score']:.4f}" if "score" in sample else ""
+      ending = "ended with EOS" if sample["ended_with_eos"] else "hit the token limit"
+      lines += ["", f"**Sample {j + 1}** ({sample['new_tokens']} tokens, {ending}{score})", "", "```text",
+                prompt + sample["text"], "```"]
+      records.append({"prompt": prompt, "prompt_index": n, "sample": j, "text": sample["text"],
+                      **({"score": sample["score"]} if "score" in sample else {}), "settings": meta,
+                      "checkpoint_step": meta["checkpoint_step"]})
+  md, jsonl = directory / f"{name}.md", directory / f"{name}.jsonl"
+  md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+  return md, jsonl
+
+
+def _quote(text: str) -> str:
+  return "\n".join(f"> {line}" if line else ">" for line in text.splitlines() or [text])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  check_flags()
+  prompts = read_prompts()
+  workdir = Path(_WORKDIR.value)
+  from lmjax import writers
+  writers.quiet_library_logs()
+  config, tokenizer, model = load_run(workdir)
+  params, step = load_params(workdir / "checkpoints", _STEP.value)
+  s = settings()
+  start = time.perf_counter()
+  try:
+    results = generate_texts(model, params, tokenizer, prompts, s, _NUM_SAMPLES.value, _BATCH_SIZE.value)
+  except ValueError as e:  # e.g. prompt + max_new_tokens beyond a learned-position model's max_len
+    fail(str(e))
+  seconds = time.perf_counter() - start
+  for n, (prompt, samples) in enumerate(zip(prompts, results)):
+    for j, sample in enumerate(samples):
+      score = f" score {sample['score']:.4f}" if "score" in sample else ""
+      print(f"--- prompt {n + 1} sample {j + 1}{score} ---\n{prompt}{sample['text']}\n")
+  tokens = sum(r["new_tokens"] for samples in results for r in samples)
+  print(f"{tokens} tokens in {seconds:.1f} s, compilation included (checkpoint step {step})", file=sys.stderr)
+  if _SHEET.value:
+    meta = {"workdir": os.path.abspath(workdir), "checkpoint_step": step, **s, "num_samples": _NUM_SAMPLES.value,
+            "prompts": len(prompts), "model": f"{config.model.name}, {config.model.num_layers} layers, "
+            f"width {config.model.d_model}, position {config.model.position}", "tokenizer": tokenizer.kind}
+    md, jsonl = write_sheet(workdir / "samples", _SHEET.value, meta, prompts, results)
+    print(f"wrote {md} and {jsonl}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
