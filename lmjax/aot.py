@@ -93,7 +93,7 @@ def main(argv):
   mesh = " x ".join(f"{k}={v}" for k, v in r["mesh"].items())
   t = config.train
   print("| devices | mesh | params | batch x seq | microbatches | remat | dtype | state/device GiB | "
-        f"batch/device GiB | temp/device GiB | total/device GiB | compile s |")
+        "batch/device GiB | temp/device GiB | total/device GiB | compile s |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   print(f"| {r['devices']} | {mesh} | {r['params'] / 1e6:.1f}M | {t.batch_size} x {config.data.seq_len} | "
         f"{t.microbatches} | {config.model.remat} | {config.model.dtype} | {r['state_gib']:.3f} | "

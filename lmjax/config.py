@@ -17,8 +17,10 @@ DATA_SOURCES = ("embedded", "files", "tfds")
 DOCUMENT_SPLITS = ("file", "paragraph", "line")
 SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
-MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram")
-TASK_NAMES = ("causal_lm",)
+MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram", "bert")
+TASK_NAMES = ("causal_lm", "mlm")
+# The architectures each objective can train: a decoder predicts the next token, an encoder fills in masks.
+TASK_MODELS = {"causal_lm": ("gpt", "ffnn", "lstm", "ngram"), "mlm": ("bert",)}
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu", "tanh", "swiglu", "geglu")
@@ -88,6 +90,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # recompute activations in the backward pass: 'none', 'full', or 'save_dots' (keep matmuls)
   c.model.ffnn_context = 8  # model.name='ffnn': previous tokens the feed-forward LM sees (Bengio et al. 2003)
   c.model.ngram_order = 5  # model.name='ngram': n of the Kneser-Ney n-gram model
+  c.model.type_vocab_size = 2  # model.name='bert': token types (segment A / B) the encoder embeds
+
+  # task='mlm': BERT pretraining examples, [CLS] A [SEP] B [SEP] (see lmjax/data/mlm_pairs.py).
+  c.mlm = ml_collections.ConfigDict()
+  c.mlm.mask_prob = 0.15  # fraction of the text tokens of an example that the loss predicts
+  c.mlm.mask_token_prob = 0.8  # of those, replaced by <mask>; random_token_prob by a random token; the rest kept
+  c.mlm.random_token_prob = 0.1
+  c.mlm.max_predictions = 0  # cap on predicted tokens per example; 0: no cap
+  c.mlm.nsp = True  # next-sentence prediction: B follows A half of the time; False: single segments, no NSP loss
+  c.mlm.short_seq_prob = 0.1  # examples given a random shorter target length, so short inputs are seen too
 
   # Devices form a mesh with axes (data, fsdp, tensor); -1 takes the devices the other axes leave. Parameters and
   # activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b" splits over
@@ -224,7 +236,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
   for field in ("num_layers", "num_heads", "d_model", "mlp_dim", "max_len"):
     _at_least(cfg, f"model.{field}", 1)
-  attention = m.name == "gpt"  # the baselines have no attention heads and no position table
+  if m.name not in TASK_MODELS[cfg.task]:
+    _fail("model.name", m.name, f"task={cfg.task!r} trains one of: {', '.join(TASK_MODELS[cfg.task])}; set "
+          f"model.name to one of them, or choose the task that trains it")
+  attention = m.name in ("gpt", "bert")  # the baselines have no attention heads and no position table
   if attention and m.d_model % m.num_heads:
     _fail("model.d_model", m.d_model, f"must be divisible by model.num_heads={m.num_heads} "
           f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)})")
@@ -250,6 +265,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _at_least(cfg, "model.init_std", 0.0, strict=True)
   _at_least(cfg, "model.ffnn_context", 1)
   _at_least(cfg, "model.ngram_order", 1)
+  _at_least(cfg, "model.type_vocab_size", 1)
+  if cfg.task == "mlm":
+    _validate_mlm(cfg)
 
   sizes = {axis: cfg.mesh[axis] for axis in MESH_AXES}
   for axis, size in sizes.items():
@@ -298,6 +316,29 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       _fail(f"train.{field}", t[field], f"must be a multiple of train.steps_per_call={t.steps_per_call}")
 
 
+def _validate_mlm(cfg: ml_collections.ConfigDict) -> None:
+  k = cfg.mlm
+  if not 0.0 < k.mask_prob < 1.0:
+    _fail("mlm.mask_prob", k.mask_prob, "must be strictly between 0 and 1 (BERT: 0.15)")
+  for field in ("mask_token_prob", "random_token_prob", "short_seq_prob"):
+    if not 0.0 <= k[field] <= 1.0:
+      _fail(f"mlm.{field}", k[field], "must be in [0, 1]")
+  if k.mask_token_prob + k.random_token_prob > 1.0:
+    _fail("mlm.random_token_prob", k.random_token_prob, f"plus mlm.mask_token_prob={k.mask_token_prob} exceeds 1; "
+          f"the rest of the predicted tokens are kept, so the two must sum to at most 1 (BERT: 0.8 and 0.1)")
+  _at_least(cfg, "mlm.max_predictions", 0)
+  specials = 3 if k.nsp else 2  # [CLS] A [SEP] B [SEP], or [CLS] A [SEP]
+  if cfg.data.seq_len < specials + 2:
+    _fail("data.seq_len", cfg.data.seq_len, f"task='mlm' needs room for {specials} special tokens and some text: "
+          f"use at least {specials + 2}, e.g. 128")
+  if k.nsp and cfg.model.type_vocab_size < 2:
+    _fail("model.type_vocab_size", cfg.model.type_vocab_size, "mlm.nsp=True gives segments A and B two token types: "
+          "set it to 2, or mlm.nsp=False")
+  if cfg.train.extra_eval_seq_lens.strip():
+    _fail("train.extra_eval_seq_lens", cfg.train.extra_eval_seq_lens, "evaluating at other lengths is for "
+          "task='causal_lm'; set it to ''")
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   """{'model': {'d_model': 64}} -> {'model.d_model': 64}: how fields are named in flags, errors and reports."""
   out = {}
@@ -341,6 +382,7 @@ class ModelConfig:
   init_std: float = 0.02
   remat: str = "none"
   ffnn_context: int = 8
+  type_vocab_size: int = 2
   name: str = "gpt"
 
   @property

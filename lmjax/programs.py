@@ -17,8 +17,6 @@ import numpy as np
 import optax
 
 from lmjax import sharding
-from lmjax.config import model_config
-from lmjax.models import build_model
 from lmjax.optim import make_optimizer
 from lmjax.state import abstract_train_state, state_shardings
 from lmjax.step import eval_step, train_steps
@@ -28,31 +26,30 @@ from lmjax.tasks import get_task
 @dataclasses.dataclass(frozen=True)
 class Programs:
   model: Any
-  task: Any
+  task: Any  # a lmjax.tasks.base.Task
   optimizer: optax.GradientTransformation
   mesh: jax.sharding.Mesh
   rules: sharding.Rules
   state_shardings: Any  # a TrainState of NamedShardings
-  train_batch_spec: jax.sharding.PartitionSpec  # [S, B, L]: steps per call, batch, length
-  eval_batch_spec: jax.sharding.PartitionSpec  # [B, L]
-  train_fn: Any  # (state, batches [S, B, L]) -> (state, metrics [S])
-  eval_fn: Any  # (params, batch [B, L]) -> summed eval statistics
+  train_batch_spec: jax.sharding.PartitionSpec  # [S, B, ...]: steps per call, batch, the rest
+  eval_batch_spec: jax.sharding.PartitionSpec  # [B, ...]
+  train_fn: Any  # (state, batches [S, B, ...]) -> (state, metrics [S])
+  eval_fn: Any  # (params, batch [B, ...]) -> summed eval statistics
 
   def sample_tokens(self, seq_len: int) -> jax.Array:
+    """Tokens to initialize a model that takes only tokens (the causal LMs); `task.init_args` is the general form."""
     return jnp.zeros((1, seq_len), jnp.int32)
 
   def abstract_state(self, config: ml_collections.ConfigDict) -> Any:
-    return abstract_train_state(self.model, self.optimizer, config.seed, self.sample_tokens(config.data.seq_len),
+    return abstract_train_state(self.model, self.optimizer, config.seed, self.task.init_args(config),
                                 self.state_shardings)
 
   def abstract_train_batches(self, config: ml_collections.ConfigDict, steps: int | None = None) -> dict[str, Any]:
     """Shapes of one train call's input, for compiling without data."""
-    t = config.train
-    shape = (steps or t.steps_per_call, t.batch_size, config.data.seq_len)
+    leading = steps or config.train.steps_per_call
     sharded = jax.sharding.NamedSharding(self.mesh, self.train_batch_spec)
-    dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
-              "loss_mask": jnp.float32}
-    return {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharded) for k, dt in dtypes.items()}
+    return {k: jax.ShapeDtypeStruct((leading, *s.shape), s.dtype, sharding=sharded)
+            for k, s in self.task.abstract_batch(config, config.train.batch_size).items()}
 
 
 def build(config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: np.ndarray | None = None,
@@ -62,13 +59,13 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: 
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.mesh)
   sharding.check_batch_fits(config, mesh, rules)
-  model = build_model(model_config(config, vocab_size))
   as_array = lambda x: None if x is None else jnp.asarray(x)
-  task = get_task(config.task)(model, as_array(token_bytes_V), as_array(token_chars_V))
+  task = get_task(config.task).create(config, vocab_size, token_bytes_V=as_array(token_bytes_V),
+                                      token_chars_V=as_array(token_chars_V))
+  model = task.model
   optimizer = make_optimizer(config.optim, t.num_steps)
   with sharding.activate(mesh, rules):
-    shardings = state_shardings(model, optimizer, config.seed, jnp.zeros((1, config.data.seq_len), jnp.int32),
-                                mesh, rules)
+    shardings = state_shardings(model, optimizer, config.seed, task.init_args(config), mesh, rules)
   train_spec, eval_spec = sharding.batch_spec(rules, leading=1), sharding.batch_spec(rules)
   named = lambda spec: jax.sharding.NamedSharding(mesh, spec)
   train_fn = jax.jit(functools.partial(train_steps, task=task, optimizer=optimizer, microbatches=t.microbatches),

@@ -4,6 +4,9 @@ The state is first traced with `jax.eval_shape`: shapes, dtypes and the logical 
 through it, every optimizer moment) carries, with nothing allocated. Those names give each leaf a NamedSharding,
 and the real initialization is one jitted call with those `out_shardings`, so every device creates only its own
 shard: a model larger than one device's memory never exists whole anywhere.
+
+`init_args` are the example inputs `model.init` is traced with (a task's `init_args(config)`): a tuple of
+positional arguments, or one array for a model that takes only tokens. Only their shapes and dtypes matter.
 """
 
 from __future__ import annotations
@@ -26,17 +29,24 @@ class TrainState(struct.PyTreeNode):
   skipped_steps: jax.Array  # int32: all such steps of the run
 
 
-def param_axes(model: nn.Module, sample_tokens_BL: jax.Array) -> Any:
+InitArgs = tuple[jax.Array, ...] | jax.Array
+
+
+def _as_tuple(init_args: InitArgs) -> tuple[jax.Array, ...]:
+  return init_args if isinstance(init_args, tuple) else (init_args,)
+
+
+def param_axes(model: nn.Module, init_args: InitArgs) -> Any:
   """The logical axis names of every parameter, e.g. ('embed', 'mlp'), as a pytree of PartitionSpecs."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample_tokens_BL))["params"]
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *_as_tuple(init_args)))["params"]
   return nn.get_partition_spec(boxed)
 
 
 def _init_boxed(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                sample_tokens_BL: jax.Array) -> TrainState:
+                init_args: InitArgs) -> TrainState:
   """The state with parameters still wrapped in nn.Partitioned boxes, so optimizer moments inherit their names."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_rng, sample_tokens_BL)["params"]
+  params = model.init(init_rng, *_as_tuple(init_args))["params"]
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=train_rng,
                     nonfinite_streak=zero, skipped_steps=zero)
@@ -50,24 +60,24 @@ def _strip_boxes(tree: Any) -> Any:
 
 
 def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                    sample_tokens_BL: jax.Array, mesh: Any, rules: Any) -> TrainState:
+                    init_args: InitArgs, mesh: Any, rules: Any) -> TrainState:
   """A NamedSharding per state leaf, from the logical axes of the parameters and config.mesh.rules."""
   from lmjax import sharding  # plain JAX; imported here to keep this module's import light
-  boxed = jax.eval_shape(lambda: _init_boxed(model, optimizer, seed, sample_tokens_BL))
+  boxed = jax.eval_shape(lambda: _init_boxed(model, optimizer, seed, init_args))
   return sharding.tree_shardings(_strip_boxes(boxed), nn.get_partition_spec(boxed), mesh, rules)
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                       sample_tokens_BL: jax.Array, shardings: Any = None) -> TrainState:
+                       init_args: InitArgs, shardings: Any = None) -> TrainState:
   """Initialized state; with `shardings` (from state_shardings) each device materializes only its shard."""
-  init = lambda: _strip_boxes(_init_boxed(model, optimizer, seed, sample_tokens_BL))
+  init = lambda: _strip_boxes(_init_boxed(model, optimizer, seed, init_args))
   return jax.jit(init, out_shardings=shardings)()
 
 
 def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                         sample_tokens_BL: jax.Array, shardings: Any = None) -> TrainState:
+                         init_args: InitArgs, shardings: Any = None) -> TrainState:
   """Shapes, dtypes and (given) shardings only: the restore target for a checkpoint, which restores sharded."""
-  shapes = jax.eval_shape(lambda: _strip_boxes(_init_boxed(model, optimizer, seed, sample_tokens_BL)))
+  shapes = jax.eval_shape(lambda: _strip_boxes(_init_boxed(model, optimizer, seed, init_args)))
   if shardings is None:
     return shapes
   return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

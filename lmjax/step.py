@@ -28,20 +28,27 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
     loss, aux = task.loss(p, mb, r)
     return loss * aux["tokens"], aux
 
+  # A task's other metrics (per-head losses, say) are averaged with the loss's weights.
+  first = jax.tree_util.tree_map(lambda x: x[0], micro)
+  extra_shapes = {k: v for k, v in jax.eval_shape(task.loss, params, first, rng)[1].items()
+                  if k not in ("loss", "tokens")}
+
   def body(carry, inputs):
-    grads_sum, loss_sum, tokens = carry
+    grads_sum, loss_sum, tokens, extras = carry
     index, mb = inputs
     (loss_m, aux), grads = jax.value_and_grad(summed_loss, has_aux=True)(params, mb, jax.random.fold_in(rng, index))
     grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
-    return (grads_sum, loss_sum + loss_m, tokens + aux["tokens"]), None
+    extras = {k: v + aux[k] * aux["tokens"] for k, v in extras.items()}
+    return (grads_sum, loss_sum + loss_m, tokens + aux["tokens"], extras), None
 
   zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-  (grads_sum, loss_sum, tokens), _ = jax.lax.scan(body, init, (jnp.arange(microbatches), micro))
+  extras = {k: jnp.zeros(s.shape, jnp.float32) for k, s in extra_shapes.items()}
+  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), extras)
+  (grads_sum, loss_sum, tokens, extras), _ = jax.lax.scan(body, init, (jnp.arange(microbatches), micro))
   denominator = jnp.maximum(tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g, p: (g / denominator).astype(p.dtype), grads_sum, params)
   loss = loss_sum / denominator
-  return (loss, {"loss": loss, "tokens": tokens}), grads
+  return (loss, {**{k: v / denominator for k, v in extras.items()}, "loss": loss, "tokens": tokens}), grads
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Any,

@@ -19,13 +19,15 @@ from jax.experimental import multihost_utils
 from lmjax import metrics as metrics_lib
 from lmjax import programs, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
-from lmjax.config import ConfigError, parse_lengths, validate
-from lmjax.data import pipeline, sources
+from lmjax.config import ConfigError, validate
+from lmjax.data import sources
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer, build_tokenizer
 from lmjax.decode import generate, generate_without_cache, step_decoder
 from lmjax.optim import learning_rate_schedule
 from lmjax.preemption import Preempted, StopSignals
 from lmjax.state import abstract_train_state, count_params, create_train_state
+from lmjax.tasks import get_task
+from lmjax.tasks.base import TaskData
 from lmjax.workdir import check_and_record_config
 
 
@@ -83,6 +85,10 @@ def _truncate_metrics_after(workdir: Path, step: int) -> None:
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
   os.replace(tmp, path)  # atomic: a kill here leaves the old file or the new one, never half of one
+
+
+# Entries of a train step's metrics that the loop reports itself; any others are the task's own (e.g. mlm_loss).
+_STEP_BOOKKEEPING = ("loss", "tokens", "grad_norm", "skipped")
 
 
 def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -153,66 +159,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   sharding.check_batch_fits(config, sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh))
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  d = config.data
-  data_dir = data_dir_of(config, workdir)
+  task_class = get_task(config.task)
 
   def prepare():
     check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
     tokenizer = prepare_tokenizer(config, workdir)
-    return (tokenizer, pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir),
-            pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
-  tokenizer, train_tokens, eval_tokens = _process_zero_first(prepare)
-  check_prompt_fits(config, tokenizer)
+    return tokenizer, task_class.prepare_data(config, tokenizer, data_dir_of(config, workdir))
+  tokenizer, data = _process_zero_first(prepare)
+  if task_class.generates_text:
+    check_prompt_fits(config, tokenizer)
   if config.model.name == "ngram":  # count-based: fitted in one pass over the data, no gradient steps
     from lmjax.models.ngram import fit_and_evaluate
-    return fit_and_evaluate(config, workdir, tokenizer, train_tokens, eval_tokens)
+    return fit_and_evaluate(config, workdir, tokenizer, data.train_tokens, data.eval_tokens)
   progs = programs.build(config, tokenizer.vocab_size, token_bytes_V=tokenizer.token_byte_lengths(),
                          token_chars_V=tokenizer.token_char_lengths())
   with sharding.activate(progs.mesh, progs.rules):
-    return _train(config, workdir, progs, tokenizer, train_tokens, eval_tokens, stop_at)
+    return _train(config, workdir, progs, tokenizer, data, stop_at)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Programs, tokenizer: Tokenizer,
-           train_tokens: pipeline.TokenizedSplit, eval_tokens: pipeline.TokenizedSplit,
-           stop_at: int | None) -> dict[str, float]:
+           data: TaskData, stop_at: int | None) -> dict[str, float]:
   t, d = config.train, config.data
   model, task, optimizer, mesh = progs.model, progs.task, progs.optimizer, progs.mesh
   train_fn, eval_fn, shardings = progs.train_fn, progs.eval_fn, progs.state_shardings
   schedule = learning_rate_schedule(config.optim, t.num_steps)
 
-  train_iter = iter(pipeline.make_train_dataset(
-      train_tokens, d.seq_len, t.batch_size, seed=d.shuffle_seed,
-      process_index=jax.process_index(), process_count=jax.process_count(), sampling=d.sampling))
-  def eval_batches_at(seq_len: int) -> list[dict[str, jax.Array]]:
-    local = pipeline.make_eval_batches(
-        eval_tokens, seq_len, t.eval_batch_size or t.batch_size, max_batches=t.eval_batches or None,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    return [sharding.global_batch(b, mesh, progs.eval_batch_spec) for b in local]
-  eval_sets = {"eval": eval_batches_at(d.seq_len)}
-  for length in parse_lengths(t.extra_eval_seq_lens):
-    eval_sets[f"eval_len{length}"] = eval_batches_at(length)
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = iter(data.train_dataset(**process))
+  eval_sets = {split: [sharding.global_batch(b, mesh, progs.eval_batch_spec) for b in local]
+               for split, local in data.eval_sets(**process).items()}
 
-  sample_tokens_BL = jnp.zeros((1, d.seq_len), jnp.int32)
+  init_args = task.init_args(config)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, every=t.checkpoint_every,
                               async_save=t.async_checkpoints)
   restored = None
   if checkpointer.latest_step() is not None:
-    target = abstract_train_state(model, optimizer, config.seed, sample_tokens_BL, shardings)
+    target = abstract_train_state(model, optimizer, config.seed, init_args, shardings)
     restored = checkpointer.restore_latest(target, train_iter)
   if restored is not None:
     state, latest = restored
     _truncate_metrics_after(workdir, latest)
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints", latest)
   else:
-    state = create_train_state(model, optimizer, config.seed, sample_tokens_BL, shardings)
+    state = create_train_state(model, optimizer, config.seed, init_args, shardings)
   step = int(state.step)
   num_params, first_row = count_params(state.params), True  # the size goes into the first train record
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
-  logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %d train tokens, %d eval tokens.",
-               config.model.name, f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind,
-               train_tokens.num_tokens, eval_tokens.num_tokens)
+  logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %s.", config.model.name,
+               f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind, data.summary)
 
-  sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules)
+  sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules) if task.generates_text else None
   writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
 
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
@@ -224,7 +220,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
         writer.write(step, split, split_metrics)
       if split == "eval":
         metrics = split_metrics
-    if write:
+    if write and sampler is not None:
       samples = sampler(state.params, step)
       if samples:
         logging.info("sample at step %d:\n%s", step, samples[0])
@@ -262,9 +258,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
           seconds_per_step = train_s / interval_steps if interval_steps else float("nan")
           row = {"num_params": num_params} if first_row else {}
           first_row = False
-          row |= {"loss": mean_ok("loss"), "grad_norm": mean_ok("grad_norm"),
-                 "learning_rate": float(schedule(step - 1)), "skipped_steps": float((~ok).sum()),
-                 "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
+          row |= {"loss": mean_ok("loss")}
+          row |= {key: mean_ok(key) for key in sorted(fetched[0]) if key not in _STEP_BOOKKEEPING}  # task metrics
+          row |= {"grad_norm": mean_ok("grad_norm"),
+                  "learning_rate": float(schedule(step - 1)), "skipped_steps": float((~ok).sum()),
+                  "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
           writer.write(step, "train", row)
           logging.info("%s", writers.progress_line(step, t.num_steps, row, seconds_per_step * (t.num_steps - step)))
           pending, interval_start, interval_steps, excluded_s = [], time.perf_counter(), 0, 0.0

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from lmjax.config import ModelConfig
-from lmjax.models.layers import dtype_of, normal_init, zeros_init
+from lmjax.models.layers import dtype_of, normal_init
 
 
 def forget_bias_init(*axes: str | None):

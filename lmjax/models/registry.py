@@ -7,6 +7,7 @@ from typing import Callable
 from flax import linen as nn
 
 from lmjax.config import ModelConfig
+from lmjax.models.encoder import Bert
 from lmjax.models.ffnn import FeedForwardLm
 from lmjax.models.lstm import LstmLm
 from lmjax.models.transformer import Decoder
@@ -16,6 +17,7 @@ MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "gpt": Decoder,
     "ffnn": FeedForwardLm,
     "lstm": LstmLm,
+    "bert": Bert,
 }
 
 

@@ -1,4 +1,4 @@
-"""Objectives by name: a task builds its model, defines loss and eval sums on a batch."""
+"""Objectives by name: a task builds its model and its data, defines loss and eval sums on a batch."""
 
 from lmjax.tasks.registry import get_task, TASK_REGISTRY
 

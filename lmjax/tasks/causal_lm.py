@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import ClassVar
 
+import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import linen as nn
 
+from lmjax.config import model_config, parse_lengths
+from lmjax.data import pipeline
+from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
+from lmjax.models import build_model
+from lmjax.tasks.base import Batch
+
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
+                "loss_mask": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class LmData:
+  """The tokenized train and eval splits: windows of data.seq_len tokens (lmjax.data.pipeline)."""
+  config: ml_collections.ConfigDict
+  train_tokens: pipeline.TokenizedSplit
+  eval_tokens: pipeline.TokenizedSplit
+
+  @property
+  def summary(self) -> str:
+    return f"{self.train_tokens.num_tokens} train tokens, {self.eval_tokens.num_tokens} eval tokens"
+
+  def train_dataset(self, process_index: int, process_count: int) -> grain.IterDataset:
+    d, t = self.config.data, self.config.train
+    return pipeline.make_train_dataset(self.train_tokens, d.seq_len, t.batch_size, seed=d.shuffle_seed,
+                                       process_index=process_index, process_count=process_count,
+                                       sampling=d.sampling)
+
+  def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
+    """'eval' at data.seq_len, plus 'eval_lenN' for each train.extra_eval_seq_lens (length extrapolation)."""
+    t = self.config.train
+    def at(seq_len: int) -> list[Batch]:
+      return pipeline.make_eval_batches(self.eval_tokens, seq_len, t.eval_batch_size or t.batch_size,
+                                        max_batches=t.eval_batches or None, process_index=process_index,
+                                        process_count=process_count)
+    sets = {"eval": at(self.config.data.seq_len)}
+    for length in parse_lengths(t.extra_eval_seq_lens):
+      sets[f"eval_len{length}"] = at(length)
+    return sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +60,24 @@ class CausalLmTask:
   model: nn.Module
   token_bytes_V: jax.Array | None = None  # UTF-8 bytes per token id, for bits per byte
   token_chars_V: jax.Array | None = None  # characters per token id, for bits per character
+  generates_text: ClassVar[bool] = True
+
+  @classmethod
+  def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> LmData:
+    d = config.data
+    return LmData(config, pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir),
+                  pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: jax.Array | None = None,
+             token_chars_V: jax.Array | None = None) -> "CausalLmTask":
+    return cls(build_model(model_config(config, vocab_size)), token_bytes_V, token_chars_V)
+
+  def init_args(self, config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
+    return (jnp.zeros((1, config.data.seq_len), jnp.int32),)
+
+  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct((batch_size, config.data.seq_len), dt) for k, dt in BATCH_DTYPES.items()}
 
   def logits(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> jax.Array:
     rngs = {"dropout": rng} if rng is not None else None

@@ -1,11 +1,13 @@
-"""Tasks by name: `config.task` picks one."""
+"""Tasks by name: `config.task` picks one (the interface they share: lmjax/tasks/base.py)."""
 
 from __future__ import annotations
 
 from lmjax.tasks.causal_lm import CausalLmTask
+from lmjax.tasks.mlm import MlmTask
 
 TASK_REGISTRY = {
     "causal_lm": CausalLmTask,
+    "mlm": MlmTask,
 }
 
 

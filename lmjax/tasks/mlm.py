@@ -1,0 +1,131 @@
+"""BERT pretraining: masked-LM plus next-sentence prediction on the bidirectional encoder (model.name='bert').
+
+The loss is BERT's: the mean cross-entropy over the masked positions of the batch plus the mean NSP
+cross-entropy over its examples (without mlm.nsp, the MLM term alone). Its weight for gradient accumulation
+(aux["tokens"]) is the number of masked positions, so with train.microbatches > 1 the MLM term is exactly the
+large batch's mean over masked positions, while each slice's NSP mean is weighted by its share of the masked
+positions rather than of the examples: the same when every example has as many predictions (long text, or a
+mlm.max_predictions cap that binds), close otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+
+from lmjax.config import model_config
+from lmjax.data import mlm_pairs
+from lmjax.data.tokenizers import Tokenizer
+from lmjax.models import build_model
+from lmjax.tasks.base import Batch
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmData:
+  """Sentence-split train and eval splits and how examples are cut from them (lmjax.data.mlm_pairs)."""
+  config: ml_collections.ConfigDict
+  settings: mlm_pairs.MlmSettings
+  train_split: mlm_pairs.SentenceSplit
+  eval_split: mlm_pairs.SentenceSplit
+
+  @property
+  def summary(self) -> str:
+    describe = lambda s: f"{s.num_tokens} tokens in {s.num_sentences} sentences of {s.num_documents} documents"
+    return f"train {describe(self.train_split)}, eval {describe(self.eval_split)}"
+
+  def train_dataset(self, process_index: int, process_count: int) -> grain.IterDataset:
+    return mlm_pairs.make_train_dataset(self.train_split, self.settings, self.config.train.batch_size,
+                                        seed=self.config.data.shuffle_seed, process_index=process_index,
+                                        process_count=process_count)
+
+  def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
+    """train.eval_batches fixed batches; 0: one example per sentence of the eval split."""
+    t = self.config.train
+    batch_size = t.eval_batch_size or t.batch_size
+    num_batches = t.eval_batches or math.ceil(self.eval_split.num_sentences / batch_size)
+    return {"eval": mlm_pairs.make_eval_batches(self.eval_split, self.settings, batch_size, num_batches,
+                                                seed=self.config.data.shuffle_seed, process_index=process_index,
+                                                process_count=process_count)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmTask:
+  """Batches as described in lmjax/data/mlm_pairs.py: inputs, token_types, segment_ids [B, L]; mlm_positions,
+  mlm_targets, mlm_weights [B, P]; nsp_labels [B]."""
+  model: nn.Module
+  settings: mlm_pairs.MlmSettings
+  generates_text: ClassVar[bool] = False
+
+  @classmethod
+  def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> MlmData:
+    d = config.data
+    return MlmData(config, mlm_pairs.MlmSettings.from_config(config, tokenizer.vocab_size),
+                   mlm_pairs.tokenize_sentences(d, d.train_split, tokenizer, data_dir),
+                   mlm_pairs.tokenize_sentences(d, d.eval_split, tokenizer, data_dir))
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, **unused_vocab_stats: Any) -> "MlmTask":
+    return cls(build_model(model_config(config, vocab_size)), mlm_pairs.MlmSettings.from_config(config, vocab_size))
+
+  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct(shape, dtype)
+            for k, (shape, dtype) in mlm_pairs.batch_shapes(self.settings, batch_size).items()}
+
+  def init_args(self, config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
+    b = self.abstract_batch(config, 1)
+    zeros = lambda key: jnp.zeros(b[key].shape, b[key].dtype)
+    return zeros("inputs"), zeros("token_types"), jnp.ones(b["segment_ids"].shape, jnp.int32), zeros("mlm_positions")
+
+  def outputs(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    rngs = {"dropout": rng} if rng is not None else None
+    return self.model.apply({"params": params}, batch["inputs"], batch["token_types"], batch["segment_ids"],
+                            batch["mlm_positions"], deterministic=deterministic, rngs=rngs)
+
+  def _nll(self, out: dict[str, jax.Array], batch) -> tuple[jax.Array, jax.Array]:
+    """Per-prediction MLM [B, P] and per-example NSP [B] cross-entropies."""
+    mlm_BP = optax.softmax_cross_entropy_with_integer_labels(out["mlm_logits"], batch["mlm_targets"])
+    nsp_B = optax.softmax_cross_entropy_with_integer_labels(out["nsp_logits"], batch["nsp_labels"])
+    return mlm_BP, nsp_B
+
+  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    mlm_BP, nsp_B = self._nll(self.outputs(params, batch, deterministic=False, rng=rng), batch)
+    weights_BP = batch["mlm_weights"]
+    masked = weights_BP.sum()
+    mlm_loss = (mlm_BP * weights_BP).sum() / jnp.maximum(masked, 1.0)
+    aux = {"mlm_loss": mlm_loss}
+    loss = mlm_loss
+    if self.settings.nsp:
+      aux["nsp_loss"] = nsp_B.mean()
+      loss = loss + aux["nsp_loss"]
+    return loss, {**aux, "loss": loss, "tokens": masked}
+
+  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+    out = self.outputs(params, batch, deterministic=True)
+    mlm_BP, nsp_B = self._nll(out, batch)
+    weights_BP = batch["mlm_weights"]
+    return {"mlm_nll": (mlm_BP * weights_BP).sum(), "mlm_tokens": weights_BP.sum(),
+            "mlm_correct": ((out["mlm_logits"].argmax(-1) == batch["mlm_targets"]) * weights_BP).sum(),
+            "nsp_nll": nsp_B.sum(), "examples": jnp.asarray(nsp_B.shape[0], jnp.float32),
+            "nsp_correct": (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum()}
+
+  def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+    tokens, examples = max(sums["mlm_tokens"], 1.0), max(sums["examples"], 1.0)
+    mlm_loss = sums["mlm_nll"] / tokens
+    out = {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_perplexity": float(np.exp(min(mlm_loss, 80.0))),
+           "mlm_accuracy": sums["mlm_correct"] / tokens}
+    if self.settings.nsp:
+      out["nsp_loss"] = sums["nsp_nll"] / examples
+      out["nsp_accuracy"] = sums["nsp_correct"] / examples
+      out["loss"] = mlm_loss + out["nsp_loss"]
+    out["tokens"] = tokens
+    return out
