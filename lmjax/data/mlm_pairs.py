@@ -40,8 +40,6 @@ import dataclasses
 import functools
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,9 +111,7 @@ class _EncodeSentences:
 
 
 def _write_cache(directory: Path, documents: Iterator[tuple[np.ndarray, np.ndarray]], dtype: np.dtype) -> None:
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-  try:
+  with pipeline.atomic_directory(directory) as tmp:
     lengths, doc_sizes, total = [], [], 0
     with open(tmp / "tokens.bin", "wb") as raw:
       for ids, sentence_lengths in documents:
@@ -127,16 +123,9 @@ def _write_cache(directory: Path, documents: Iterator[tuple[np.ndarray, np.ndarr
         doc_sizes.append(sentence_lengths.size)
     if not doc_sizes:
       raise DataError(f"{directory.name}: the split has no sentences; check data.paths / data.tfds_name and splits")
-    pipeline._save_npy_streaming(tmp / "tokens.bin", tmp / "tokens.npy", dtype, total)  # pylint: disable=protected-access
+    pipeline.write_token_stream(tmp / "tokens.bin", tmp / "tokens.npy", dtype, total)
     np.save(tmp / "sentence_starts.npy", np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64))
     np.save(tmp / "doc_starts.npy", np.concatenate([[0], np.cumsum(doc_sizes)]).astype(np.int64))
-    try:
-      os.rename(tmp, directory)  # atomic: readers never see a half-written cache
-    except OSError:
-      if not (directory / "tokens.npy").exists():  # lost a race to another process: theirs is identical
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_sentences(directory: str | os.PathLike) -> SentenceSplit:

@@ -8,6 +8,7 @@ vectorized numpy, so the grain iterator's state is a single counter and restores
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -81,7 +82,24 @@ def _closing(iterator: grain.DatasetIterator) -> Iterator[np.ndarray]:
     iterator.close()
 
 
-def _save_npy_streaming(raw_path: Path, npy_path: Path, dtype: np.dtype, length: int) -> None:
+@contextlib.contextmanager
+def atomic_directory(directory: Path, marker: str = "tokens.npy") -> Iterator[Path]:
+  """Yields a temporary sibling directory to fill, then renames it to `directory`: readers never see a
+  half-written cache. A process that lost the race to another writing the same cache keeps theirs (identical)."""
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+  try:
+    yield tmp
+    try:
+      os.rename(tmp, directory)
+    except OSError:
+      if not (directory / marker).exists():
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_token_stream(raw_path: Path, npy_path: Path, dtype: np.dtype, length: int) -> None:
   """Prepends an .npy header to a raw token file without loading it into memory."""
   header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
   with open(npy_path, "wb") as out, open(raw_path, "rb") as raw:
@@ -91,9 +109,7 @@ def _save_npy_streaming(raw_path: Path, npy_path: Path, dtype: np.dtype, length:
 
 
 def _write_cache(directory: Path, documents: Iterator[np.ndarray], dtype: np.dtype) -> None:
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-  try:
+  with atomic_directory(directory) as tmp:
     starts, total = [], 0
     with open(tmp / "tokens.bin", "wb") as raw:
       for doc in documents:
@@ -102,15 +118,8 @@ def _write_cache(directory: Path, documents: Iterator[np.ndarray], dtype: np.dty
         raw.write(doc.tobytes())
     if not starts:
       raise DataError(f"{directory.name}: the split has no documents; check data.paths / data.tfds_name and splits")
-    _save_npy_streaming(tmp / "tokens.bin", tmp / "tokens.npy", dtype, total)
+    write_token_stream(tmp / "tokens.bin", tmp / "tokens.npy", dtype, total)
     np.save(tmp / "doc_starts.npy", np.asarray(starts, np.int64))
-    try:
-      os.rename(tmp, directory)  # atomic: readers never see a half-written cache
-    except OSError:
-      if not (directory / "tokens.npy").exists():  # lost a race to another process: theirs is identical
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenized(directory: str | os.PathLike) -> TokenizedSplit:
