@@ -96,61 +96,29 @@ def _quiet_warnings():
     logging.set_verbosity(previous)
 
 
-def load_params(checkpoints: Path, step: int | None) -> tuple[Any, int]:
-  """Only the parameters of a saved train state (not the optimizer moments), on one device."""
-  import jax
-  import orbax.checkpoint as ocp
-  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
-  if not steps:
-    fail(f"no checkpoint in {checkpoints}; train the run first")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    fail(f"--step={step}: no such checkpoint in {checkpoints} (steps: {', '.join(map(str, steps))})")
-  path = checkpoints / str(step) / "state"
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with _quiet_warnings(), ocp.StandardCheckpointer() as reader:
-    metadata = reader.metadata(path).item_metadata
-  target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                             metadata["params"])}
-  restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
-  with _quiet_warnings(), ocp.PyTreeCheckpointer() as reader:
-    restored = reader.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                                  partial_restore=True))
-  return restored["params"], step
-
-
 def load_run(workdir: Path) -> tuple[Any, Any, Any]:
   """(config, tokenizer, model) of a run, failing in one line on what is missing."""
-  from lmjax.config import ConfigError, base_config, flatten, model_config, validate
-  from lmjax.data.tokenizers import load_tokenizer
-  from lmjax.models import build_model
-  if not workdir.is_dir():
-    fail(f"--workdir={workdir}: no such directory")
+  from lmjax.saved_run import RunError, open_run
   try:
-    saved = json.loads((workdir / "config.json").read_text())
-  except FileNotFoundError:
-    fail(f"--workdir={workdir} has no config.json; is it a run's workdir?")
-  except json.JSONDecodeError as e:
-    fail(f"{workdir / 'config.json'} is not valid JSON ({e})")
-  # Fields added to lmjax after the run started take their defaults.
-  config = base_config()
-  try:
-    config.update_from_flattened_dict(flatten(saved))
-    validate(config)
-  except (ConfigError, KeyError, TypeError, ValueError) as e:
-    fail(f"{workdir / 'config.json'}: {e}")
-  if not (workdir / "tokenizer").is_dir():
-    fail(f"--workdir={workdir} has no tokenizer/; train the run first")
-  tokenizer = load_tokenizer(workdir / "tokenizer")
+    run = open_run(workdir)
+  except RunError as e:
+    fail(str(e))
+  config, tokenizer = run.config, run.tokenizer
   if config.model.name != "gpt":
     fail(f"config.model.name={config.model.name!r}: lmjax.generate decodes GPT models (model.name='gpt') only")
   if _TOP_K.value > tokenizer.vocab_size:
     fail(f"--top_k={_TOP_K.value} exceeds the vocabulary of {tokenizer.vocab_size} tokens")
-  model = build_model(model_config(config, tokenizer.vocab_size))
-  return config, tokenizer, model
+  return config, tokenizer, run.model()
 
 
+def load_params(workdir: Path, step: int | None) -> tuple[Any, int]:
+  from lmjax.saved_run import RunError
+  from lmjax.saved_run import load_params as load
+  try:
+    with _quiet_warnings():
+      return load(workdir, step)
+  except RunError as e:
+    fail(str(e).replace("no checkpoint at step", "--step: no checkpoint at step"))
 
 
 def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], s: dict[str, Any],
@@ -239,7 +207,7 @@ def main(argv: list[str]) -> None:
   from lmjax import writers
   writers.quiet_library_logs()
   config, tokenizer, model = load_run(workdir)
-  params, step = load_params(workdir / "checkpoints", _STEP.value)
+  params, step = load_params(workdir, _STEP.value)
   s = settings()
   start = time.perf_counter()
   try:
