@@ -19,7 +19,7 @@ import optax
 from lmjax import sharding
 from lmjax.optim import make_optimizer
 from lmjax.state import abstract_train_state, state_shardings
-from lmjax.step import eval_step, train_steps
+from lmjax.step import eval_step, predict_step, train_steps
 from lmjax.tasks import get_task
 
 
@@ -35,6 +35,7 @@ class Programs:
   eval_batch_spec: jax.sharding.PartitionSpec  # [B, ...]
   train_fn: Any  # (state, batches [S, B, ...]) -> (state, metrics [S])
   eval_fn: Any  # (params, batch [B, ...]) -> summed eval statistics
+  predict_fn: Any = None  # (params, batch [B, ...]) -> per-example predictions (replicated), for tasks with `predict`
 
   def sample_tokens(self, seq_len: int) -> jax.Array:
     """Tokens to initialize a model that takes only tokens (the causal LMs); `task.init_args` is the general form."""
@@ -71,5 +72,11 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: 
   train_fn = jax.jit(functools.partial(train_steps, task=task, optimizer=optimizer, microbatches=t.microbatches),
                      in_shardings=(shardings, named(train_spec)), out_shardings=(shardings, None), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, task=task), in_shardings=(shardings.params, named(eval_spec)))
+  predict_fn = None
+  if hasattr(task, "predict"):
+    # Replicated outputs: every process reads all predictions of a batch, whatever rows it fed.
+    predict_fn = jax.jit(functools.partial(predict_step, task=task), in_shardings=(shardings.params, named(eval_spec)),
+                         out_shardings=named(jax.sharding.PartitionSpec()))
   return Programs(model=model, task=task, optimizer=optimizer, mesh=mesh, rules=rules, state_shardings=shardings,
-                  train_batch_spec=train_spec, eval_batch_spec=eval_spec, train_fn=train_fn, eval_fn=eval_fn)
+                  train_batch_spec=train_spec, eval_batch_spec=eval_spec, train_fn=train_fn, eval_fn=eval_fn,
+                  predict_fn=predict_fn)

@@ -86,3 +86,8 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], *, task: Any,
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, task: Any) -> dict[str, jax.Array]:
   return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), task.eval_sums(params, batch))
+
+
+def predict_step(params: Any, batch: dict[str, jax.Array], *, task: Any) -> dict[str, jax.Array]:
+  """The task's per-example predictions, with the batch's example indices so rows are matched to examples."""
+  return {**task.predict(params, batch), "index": batch["index"]}

@@ -147,6 +147,18 @@ def evaluate(eval_fn, params: Any, batches: list[dict[str, np.ndarray]], task: A
   return task.summarize(sums)
 
 
+def score_predictions(predict_fn, params: Any, batches: list[dict[str, jax.Array]], data: TaskData, split: str,
+                      step: int, out_dir: Path | None) -> dict[str, float]:
+  """The task data's metrics from the predictions over a whole eval split (padding rows, index -1, dropped)."""
+  device_outputs = [predict_fn(params, batch) for batch in batches]  # dispatched back to back, then fetched
+  # Replicated arrays: the first local shard is the whole array, also when other processes hold copies.
+  outputs = [{k: np.asarray(v.addressable_data(0)) for k, v in o.items()} for o in device_outputs]
+  merged = {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
+  index_N = merged.pop("index")
+  real = index_N >= 0
+  return data.score(split, index_N[real], {k: v[real] for k, v in merged.items()}, step=step, out_dir=out_dir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        stop_at: int | None = None) -> dict[str, float]:
   """Trains config.train.num_steps steps (resuming from workdir's latest checkpoint) and returns eval metrics.
@@ -211,9 +223,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules) if task.generates_text else None
   writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
 
+  scores = progs.predict_fn is not None and hasattr(data, "score")
+
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
     for split, batches in eval_sets.items():
       split_metrics = evaluate(eval_fn, state.params, batches, task)
+      if scores:
+        out_dir = workdir / "predictions" if write and jax.process_index() == 0 else None
+        split_metrics |= score_predictions(progs.predict_fn, state.params, batches, data, split, step, out_dir)
       logging.info("%s step %d | %s", split, step,
                    " | ".join(f"{k} {v:.4f}" for k, v in split_metrics.items() if k != "tokens"))
       if write:

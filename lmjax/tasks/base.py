@@ -19,6 +19,14 @@ this order:
      the eval set on the host and `task.summarize(sums) -> {metric: float}` turns them into metrics ("loss" is
      the one plotted and compared across runs).
 
+Metrics that are not sums over batches (F1, Matthews correlation, BLEU, SQuAD EM/F1) come from predictions, through
+two optional methods. `task.predict(params, batch) -> {name: [B, ...]}` runs jitted on each eval batch (a classifier's
+argmax, a translation model's beam search). Its eval batches then carry "index" [B] int32, the example each row
+holds (-1 on padding rows, which eval_sums must also ignore); the trainer gathers predictions and indices over the
+whole split, drops padding and calls `data.score(split, index_N, predictions, step=..., out_dir=...) ->
+{metric: float}` once per split, whose metrics join the split's summarized ones. out_dir (None except on process 0)
+is where a task writes what it predicted, e.g. decoded translations, for people to read.
+
 Batches are dicts of numpy arrays with the batch as dim 0 (any rank: [B], [B, L], [B, P]); the trainer stacks
 `steps_per_call` of them into [S, B, ...] and shards dim 0 (dim 1 when stacked) over the mesh's batch axes.
 """
@@ -49,6 +57,10 @@ class TaskData(Protocol):
   def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
     """Fixed eval batches by split name; 'eval' is the main one. Every process gets the same number of batches."""
 
+  # Optional, with Task.predict: metrics from the predictions of a whole eval split.
+  # def score(self, split: str, index_N: np.ndarray, predictions: dict[str, np.ndarray], *, step: int,
+  #           out_dir: Path | None) -> dict[str, float]: ...
+
 
 class Task(Protocol):
   model: Any
@@ -70,3 +82,6 @@ class Task(Protocol):
   def eval_sums(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]: ...
 
   def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+  # Optional, with TaskData.score: per-example outputs [B, ...] of an eval batch.
+  # def predict(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]: ...
