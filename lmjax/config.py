@@ -18,9 +18,11 @@ DOCUMENT_SPLITS = ("file", "paragraph", "line")
 SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
 MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram", "bert")
-TASK_NAMES = ("causal_lm", "mlm")
+FINETUNE_TASKS = ("classification", "tagging", "qa")
+TASK_NAMES = ("causal_lm", "mlm", *FINETUNE_TASKS)
 # The architectures each objective can train: a decoder predicts the next token, an encoder fills in masks.
-TASK_MODELS = {"causal_lm": ("gpt", "ffnn", "lstm", "ngram"), "mlm": ("bert",)}
+TASK_MODELS = {"causal_lm": ("gpt", "ffnn", "lstm", "ngram"), "mlm": ("bert",),
+               **{task: ("bert",) for task in FINETUNE_TASKS}}
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu", "tanh", "swiglu", "geglu")
@@ -100,6 +102,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.mlm.max_predictions = 0  # cap on predicted tokens per example; 0: no cap
   c.mlm.nsp = True  # next-sentence prediction: B follows A half of the time; False: single segments, no NSP loss
   c.mlm.short_seq_prob = 0.1  # examples given a random shorter target length, so short inputs are seen too
+
+  # Fine-tuning the BERT encoder: task='classification' (single sentences or pairs; regression), 'tagging' (CoNLL
+  # token classification) or 'qa' (SQuAD extractive QA). Examples from train_file/eval_file (.tsv/.jsonl, CoNLL,
+  # SQuAD JSON), or for classification a GLUE task prepared with TFDS (tfds_name='glue/sst2', under data.data_dir).
+  # The data section stays the tokenizer's corpus, as in pretraining (init_from brings the pretraining tokenizer).
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.train_file = ""
+  c.finetune.eval_file = ""
+  c.finetune.tfds_name = ""  # classification: 'glue/<task>' instead of files
+  c.finetune.train_split = "train"
+  c.finetune.eval_split = "validation"  # GLUE MNLI: 'validation_matched' or 'validation_mismatched'
+  c.finetune.text_fields = "sentence"  # classification: one column/key, or two comma-separated for sentence pairs
+  c.finetune.label_field = "label"
+  c.finetune.regression = False  # classification: a real-valued target (STS-B), MSE loss, Pearson/Spearman
+  c.finetune.labels = ""  # classification: class names in id order, comma-separated; '' sorts the training labels
+  c.finetune.tag_column = -1  # tagging: the CoNLL column holding the tag (the word is column 0)
+  c.finetune.doc_stride = 128  # qa: tokens between the starts of consecutive windows over a long context
+  c.finetune.max_query_len = 64  # qa: question tokens kept
+  c.finetune.max_answer_words = 30  # qa: longest answer span considered, in words
+  c.finetune.eval_examples = 0  # examples scored at each eval; 0: the whole eval file
+  c.finetune.init_from = ""  # workdir of a pretraining run (task='mlm'): its encoder and pooler start this model
+  c.finetune.init_step = 0  # that run's checkpoint step; 0: its latest
+  c.finetune.freeze_embeddings = False  # keep the token, position and token-type embeddings fixed
+  c.finetune.freeze_layers = 0  # keep the first k encoder layers fixed
+  c.finetune.head_lr_multiplier = 1.0  # learning rate of the new head (and anything not pretrained) relative to the rest
 
   # Devices form a mesh with axes (data, fsdp, tensor); -1 takes the devices the other axes leave. Parameters and
   # activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b" splits over
@@ -268,6 +295,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _at_least(cfg, "model.type_vocab_size", 1)
   if cfg.task == "mlm":
     _validate_mlm(cfg)
+  _validate_finetune(cfg)
 
   sizes = {axis: cfg.mesh[axis] for axis in MESH_AXES}
   for axis, size in sizes.items():
@@ -334,6 +362,50 @@ def _validate_mlm(cfg: ml_collections.ConfigDict) -> None:
   if k.nsp and cfg.model.type_vocab_size < 2:
     _fail("model.type_vocab_size", cfg.model.type_vocab_size, "mlm.nsp=True gives segments A and B two token types: "
           "set it to 2, or mlm.nsp=False")
+  if cfg.train.extra_eval_seq_lens.strip():
+    _fail("train.extra_eval_seq_lens", cfg.train.extra_eval_seq_lens, "evaluating at other lengths is for "
+          "task='causal_lm'; set it to ''")
+
+
+def _validate_finetune(cfg: ml_collections.ConfigDict) -> None:
+  f, d = cfg.finetune, cfg.data
+  if cfg.task not in FINETUNE_TASKS:
+    if f.init_from:
+      _fail("finetune.init_from", f.init_from, f"starts a fine-tuning task ({', '.join(FINETUNE_TASKS)}) from a "
+            f"pretraining run; task={cfg.task!r} does not use it, so set it to ''")
+    return
+  if f.tfds_name and cfg.task != "classification":
+    _fail("finetune.tfds_name", f.tfds_name, "GLUE through TFDS is for task='classification'; give files instead")
+  if not f.tfds_name:
+    for field in ("train_file", "eval_file"):
+      if not f[field].strip():
+        how = " (or finetune.tfds_name='glue/<task>')" if cfg.task == "classification" else ""
+        _fail(f"finetune.{field}", f[field], f"task={cfg.task!r} reads its examples from a file: set "
+              f"finetune.train_file and finetune.eval_file{how}")
+  if cfg.task == "classification":
+    fields = [x.strip() for x in f.text_fields.split(",")]
+    if len(fields) not in (1, 2) or not all(fields):
+      _fail("finetune.text_fields", f.text_fields, "name one text field, or two separated by a comma for pairs")
+    if len(fields) == 2 and cfg.model.type_vocab_size < 2:
+      _fail("model.type_vocab_size", cfg.model.type_vocab_size, "sentence pairs use token types 0 and 1: set 2")
+    if not f.label_field.strip():
+      _fail("finetune.label_field", f.label_field, "name the column or key holding the label")
+  specials = 3 if cfg.task != "tagging" else 2
+  if d.seq_len < specials + 2:
+    _fail("data.seq_len", d.seq_len, f"task={cfg.task!r} needs room for {specials} special tokens and some text: "
+          f"use at least {specials + 2}, e.g. 128")
+  if cfg.task == "qa":
+    _at_least(cfg, "finetune.doc_stride", 1)
+    _at_least(cfg, "finetune.max_query_len", 1)
+    _at_least(cfg, "finetune.max_answer_words", 1)
+    if d.seq_len <= f.max_query_len + 3:
+      _fail("data.seq_len", d.seq_len, f"must exceed finetune.max_query_len + 3 = {f.max_query_len + 3} so that "
+            f"some context fits beside the question")
+  _at_least(cfg, "finetune.eval_examples", 0)
+  _at_least(cfg, "finetune.init_step", 0)
+  if not 0 <= f.freeze_layers <= cfg.model.num_layers:
+    _fail("finetune.freeze_layers", f.freeze_layers, f"must be between 0 and model.num_layers={cfg.model.num_layers}")
+  _at_least(cfg, "finetune.head_lr_multiplier", 0.0, strict=True)
   if cfg.train.extra_eval_seq_lens.strip():
     _fail("train.extra_eval_seq_lens", cfg.train.extra_eval_seq_lens, "evaluating at other lengths is for "
           "task='causal_lm'; set it to ''")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import ml_collections
 import optax
@@ -31,15 +33,34 @@ def decay_mask(kind: str):
   return lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def _adam(optim: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  if optim.name == "adam":
+    return optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  wd = optim.weight_decay if optim.decay_mask != "none" else 0.0
+  return optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=wd,
+                     mask=decay_mask(optim.decay_mask))
+
+
+# Parameter groups a task may assign (`param_groups`): trained at the scheduled rate, at `head_lr_multiplier` times
+# it (a new fine-tuning head), or not at all (frozen: no update, no weight decay, no optimizer moments).
+GROUPS = ("body", "head", "frozen")
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int, param_groups: Callable[[Any], Any] | None = None,
+                   head_lr_multiplier: float = 1.0) -> optax.GradientTransformation:
+  """The optax chain. `param_groups(params)` gives each parameter one of GROUPS; without it all are 'body'."""
   schedule = learning_rate_schedule(optim, num_steps)
   parts = []
+  if param_groups is not None:
+    # Zeroed before clipping, so frozen parameters' gradients do not count towards the clipped global norm.
+    frozen = lambda params: jax.tree_util.tree_map(lambda g: g == "frozen", param_groups(params))
+    parts.append(optax.masked(optax.set_to_zero(), frozen))
   if optim.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-  if optim.name == "adam":
-    parts.append(optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
+  if param_groups is None:
+    parts.append(_adam(optim, schedule))
   else:
-    wd = optim.weight_decay if optim.decay_mask != "none" else 0.0
-    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=wd,
-                             mask=decay_mask(optim.decay_mask)))
+    head_schedule = lambda step: head_lr_multiplier * schedule(step)
+    parts.append(optax.multi_transform({"body": _adam(optim, schedule), "head": _adam(optim, head_schedule),
+                                        "frozen": optax.set_to_zero()}, param_groups))
   return optax.chain(*parts)

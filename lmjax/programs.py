@@ -54,17 +54,22 @@ class Programs:
 
 
 def build(config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: np.ndarray | None = None,
-          token_chars_V: np.ndarray | None = None, devices: Sequence[jax.Device] | None = None) -> Programs:
-  """Everything a run compiles. Call (and use the jitted functions) inside `sharding.activate(mesh, rules)`."""
+          token_chars_V: np.ndarray | None = None, devices: Sequence[jax.Device] | None = None,
+          data: Any = None) -> Programs:
+  """Everything a run compiles. Call (and use the jitted functions) inside `sharding.activate(mesh, rules)`.
+
+  `data` (the run's TaskData, None when compiling without data) lets a task size its model from the data, e.g. a
+  classifier's number of classes."""
   t = config.train
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.mesh)
   sharding.check_batch_fits(config, mesh, rules)
   as_array = lambda x: None if x is None else jnp.asarray(x)
   task = get_task(config.task).create(config, vocab_size, token_bytes_V=as_array(token_bytes_V),
-                                      token_chars_V=as_array(token_chars_V))
+                                      token_chars_V=as_array(token_chars_V), data=data)
   model = task.model
-  optimizer = make_optimizer(config.optim, t.num_steps)
+  optimizer = make_optimizer(config.optim, t.num_steps, getattr(task, "param_groups", None),
+                             config.finetune.head_lr_multiplier)
   with sharding.activate(mesh, rules):
     shardings = state_shardings(model, optimizer, config.seed, task.init_args(config), mesh, rules)
   train_spec, eval_spec = sharding.batch_spec(rules, leading=1), sharding.batch_spec(rules)

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -108,10 +109,12 @@ def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, name: str = 
 def tree_shardings(abstract_tree: Any, logical_specs: Any, mesh: Mesh, rules: Rules) -> Any:
   """NamedShardings for a pytree of ShapeDtypeStructs, given its logical PartitionSpecs (same structure)."""
   def one(path, leaf, logical):
+    if isinstance(leaf, optax.MaskedNode):  # the empty optimizer state of a parameter a transform skips
+      return leaf
     spec = logical_to_mesh_spec(logical, rules)
     return NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh, jax.tree_util.keystr(path)))
   return jax.tree_util.tree_map_with_path(one, abstract_tree, logical_specs,
-                                          is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+                                          is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct, optax.MaskedNode)))
 
 
 def batch_spec(rules: Rules, leading: int = 0) -> PartitionSpec:

@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import metrics as metrics_lib
-from lmjax import programs, sharding, writers
+from lmjax import init_from, programs, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
 from lmjax.config import ConfigError, validate
 from lmjax.data import sources
@@ -169,12 +169,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   validate(config)
   # The mesh is checked against the devices before any data is read or anything compiles.
   sharding.check_batch_fits(config, sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh))
+  pretrained = init_from.check(config)  # a fine-tune's pretraining run: checked before the workdir is touched
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   task_class = get_task(config.task)
 
   def prepare():
     check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
+    if pretrained is not None:
+      init_from.copy_tokenizer(pretrained, workdir)
     tokenizer = prepare_tokenizer(config, workdir)
     return tokenizer, task_class.prepare_data(config, tokenizer, data_dir_of(config, workdir))
   tokenizer, data = _process_zero_first(prepare)
@@ -184,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     from lmjax.models.ngram import fit_and_evaluate
     return fit_and_evaluate(config, workdir, tokenizer, data.train_tokens, data.eval_tokens)
   progs = programs.build(config, tokenizer.vocab_size, token_bytes_V=tokenizer.token_byte_lengths(),
-                         token_chars_V=tokenizer.token_char_lengths())
+                         token_chars_V=tokenizer.token_char_lengths(), data=data)
   with sharding.activate(progs.mesh, progs.rules):
     return _train(config, workdir, progs, tokenizer, data, stop_at)
 
@@ -214,6 +217,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints", latest)
   else:
     state = create_train_state(model, optimizer, config.seed, init_args, shardings)
+    if config.finetune.init_from:
+      params, copied = init_from.pretrained_params(config, state.params)
+      state = state.replace(params=init_from.place(params, shardings.params))
+      logging.info("Started %s from %s (step %s); the rest is freshly initialized.", ", ".join(copied),
+                   config.finetune.init_from, config.finetune.init_step or "latest")
   step = int(state.step)
   num_params, first_row = count_params(state.params), True  # the size goes into the first train record
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())

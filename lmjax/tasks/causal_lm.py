@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grain
 import jax
@@ -70,7 +70,7 @@ class CausalLmTask:
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: jax.Array | None = None,
-             token_chars_V: jax.Array | None = None) -> "CausalLmTask":
+             token_chars_V: jax.Array | None = None, **unused: Any) -> "CausalLmTask":
     return cls(build_model(model_config(config, vocab_size)), token_bytes_V, token_chars_V)
 
   def init_args(self, config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from lmjax.tasks.causal_lm import CausalLmTask
+from lmjax.tasks.classification import ClassificationTask
 from lmjax.tasks.mlm import MlmTask
+from lmjax.tasks.qa import QaTask
+from lmjax.tasks.tagging import TaggingTask
 
 TASK_REGISTRY = {
     "causal_lm": CausalLmTask,
     "mlm": MlmTask,
+    "classification": ClassificationTask,
+    "tagging": TaggingTask,
+    "qa": QaTask,
 }
 
 
