@@ -31,7 +31,14 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        # Hugging Face GPT-2/BERT import and export (lmjax.hf): safetensors through numpy, GPT-2's tokenizer regex.
+        "hf": ["safetensors>=0.4", "regex>=2023.0"],
+        # Reading pytorch_model.bin checkpoints (model.safetensors needs no torch).
+        "torch": ["torch>=2.1"],
+        # transformers and torch build the reference models of tests/test_hf.py. torch==2.13.0 is the CPU build
+        # these machines keep locally; a range admitting newer releases would pull several GB of CUDA wheels.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "safetensors>=0.4", "regex>=2023.0", "transformers>=4.40",
+                 "torch==2.13.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -21,6 +21,7 @@ What a crash (SIGKILL, preemption, power loss of the process) can and cannot lea
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
 import time
@@ -60,7 +61,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """Restores `state` (shaped like abstract_state) and moves data_iterator to where it was at `step`."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    if data_iterator is not None and self._has_data(step):
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
@@ -102,6 +103,18 @@ class Checkpointer:
     raise CheckpointError(
         f"None of the checkpoints in {self.manager.directory} (steps {', '.join(map(str, steps))}) can be restored "
         f"(see the warnings above); delete that directory or point --workdir elsewhere to start afresh.")
+
+  def _has_data(self, step: int) -> bool:
+    """Whether the step was saved with a data position. A state saved without one on purpose (an imported
+    checkpoint, lmjax.hf) lists no 'data' item and starts the data from the beginning; a checkpoint that lists the
+    item but lost it still fails to restore."""
+    # Orbax records the items of a step in its step metadata file; reading it directly avoids the warnings that
+    # CheckpointManager.metadata prints for items it has no handler for yet.
+    try:
+      with open(os.path.join(self._step_dir(step), "_CHECKPOINT_METADATA"), encoding="utf-8") as f:
+        return "data" in json.load(f)["item_handlers"]
+    except (OSError, ValueError, KeyError, TypeError):
+      return True  # unknown: ask for the data, and let the restore say what is wrong
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(str(self.manager.directory), str(step))

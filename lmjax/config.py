@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
+TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram", "hf_bpe", "hf_wordpiece")  # hf_*: imported (lmjax.hf)
 DATA_SOURCES = ("embedded", "files", "tfds")
 DOCUMENT_SPLITS = ("file", "paragraph", "line")
 SAMPLING_KINDS = ("epochs", "random")
@@ -25,7 +25,7 @@ TASK_MODELS = {"causal_lm": ("gpt", "ffnn", "lstm", "ngram"), "mlm": ("bert",),
                **{task: ("bert",) for task in FINETUNE_TASKS}}
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "relu", "tanh", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "tanh", "swiglu", "geglu")
 ATTENTION_IMPLS = ("xla", "jax")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # recompute activations in the backward pass: 'none', 'full', or 'save_dots' (keep matmuls)
   c.model.ffnn_context = 8  # model.name='ffnn': previous tokens the feed-forward LM sees (Bengio et al. 2003)
   c.model.ngram_order = 5  # model.name='ngram': n of the Kneser-Ney n-gram model
+  c.model.norm_eps = 0.0  # 0: the norm's usual epsilon (layernorm 1e-5, rmsnorm 1e-6); BERT uses 1e-12
   c.model.type_vocab_size = 2  # model.name='bert': token types (segment A / B) the encoder embeds
 
   # task='mlm': BERT pretraining examples, [CLS] A [SEP] B [SEP] (see lmjax/data/mlm_pairs.py).
@@ -293,6 +294,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _at_least(cfg, "model.ffnn_context", 1)
   _at_least(cfg, "model.ngram_order", 1)
   _at_least(cfg, "model.type_vocab_size", 1)
+  _at_least(cfg, "model.norm_eps", 0.0)
   if cfg.task == "mlm":
     _validate_mlm(cfg)
   _validate_finetune(cfg)
@@ -455,6 +457,7 @@ class ModelConfig:
   remat: str = "none"
   ffnn_context: int = 8
   type_vocab_size: int = 2
+  norm_eps: float = 0.0
   name: str = "gpt"
 
   @property

@@ -24,6 +24,8 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>", "<sep>", "<cls>"
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID, SEP_ID, CLS_ID = range(7)
 NUM_SPECIAL = len(SPECIAL_TOKENS)
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
+# Imported with a Hugging Face checkpoint (lmjax.hf.tokenizers), never trained here: loaded from a workdir only.
+HF_TOKENIZER_KINDS = ("hf_bpe", "hf_wordpiece")
 
 CONFIG_FILE = "tokenizer.json"
 SP_MODEL_FILE = "spm.model"
@@ -300,6 +302,9 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
   if kind in ("bpe", "unigram"):
     proto = (directory / config["model_file"]).read_bytes()
     return SentencePieceTokenizer(kind, proto, config["requested_vocab_size"])
+  if kind in HF_TOKENIZER_KINDS:
+    from lmjax.hf.tokenizers import load_hf_tokenizer  # pylint: disable=import-outside-toplevel
+    return load_hf_tokenizer(directory, config)
   raise ValueError(f"{directory / CONFIG_FILE}: unknown tokenizer kind {kind!r}")
 
 
@@ -322,11 +327,14 @@ def build_tokenizer(kind: str, texts: Callable[[], Iterable[str]], directory: st
   `vocab_size` (total, specials included) only applies to bpe/unigram; training reads at most
   `max_training_chars` characters of texts().
   """
-  if kind not in TOKENIZER_KINDS:
+  if kind not in TOKENIZER_KINDS + HF_TOKENIZER_KINDS:
     raise ValueError(f"tokenizer.kind={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
   directory = Path(directory)
   if (tok := _cached(kind, directory, vocab_size)) is not None:
     return tok
+  if kind in HF_TOKENIZER_KINDS:
+    raise ValueError(f"tokenizer.kind={kind!r} comes with a Hugging Face checkpoint and {directory} has none: create "
+                     f"the workdir with `python -m lmjax.hf.import_checkpoint`, or choose one of char, byte, bpe, unigram")
   if kind == "byte":
     tok = ByteTokenizer()
   elif kind == "char":

@@ -65,11 +65,11 @@ class Norm(nn.Module):
     x = x_BLD.astype(jnp.float32)
     scale_D = self.param("scale", ones_init("embed"), (x.shape[-1],), dtype_of(self.cfg.param_dtype))
     if self.cfg.norm == "rmsnorm":
-      y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+      y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + (self.cfg.norm_eps or 1e-6))
       return (y * scale_D).astype(dtype)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale_D
+    y = (x - mean) * jax.lax.rsqrt(var + (self.cfg.norm_eps or 1e-5)) * scale_D
     if self.cfg.use_bias:
       y = y + self.param("bias", zeros_init("embed"), (x.shape[-1],), dtype_of(self.cfg.param_dtype))
     return y.astype(dtype)
@@ -78,6 +78,8 @@ class Norm(nn.Module):
 ACTIVATIONS = {
     # tanh-approximate GELU, as in GPT-2 and BERT checkpoints.
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    # The exact erf form, which Hugging Face BERT checkpoints use (hidden_act='gelu').
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,  # the feed-forward LM of Bengio et al. (2003)
 }

@@ -1,0 +1,128 @@
+r"""Export a trained lmjax GPT or BERT run as a Hugging Face checkpoint directory.
+
+  python -m lmjax.hf.export_checkpoint --workdir=runs/gpt2 --out_dir=exported/gpt2 [--step=N]
+
+Writes config.json (GPT2LMHeadModel or BertForPreTraining), model.safetensors and, when the run's tokenizer was
+imported from Hugging Face (hf_bpe, hf_wordpiece), the tokenizer files, with embedding rows moved back to the HF
+ids (lmjax/hf/vocab.py). A run with an lmjax tokenizer (char, byte, bpe, unigram) exports its weights with lmjax ids
+as the HF ids; transformers has no matching tokenizer, so the CLI says to encode text with lmjax's. Only what HF
+GPT-2/BERT can represent is exported: rope/alibi/t5 positions, RMSNorm, gated MLPs, grouped-query attention, ... are
+refused with a one-line error naming the config field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmjax.hf.architectures import for_export
+from lmjax.hf.files import CONFIG_FILE, HfError, write_json, write_weights
+from lmjax.hf.vocab import ROLES, VocabMap
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+  out_dir: Path
+  step: int
+  architecture: str
+  tokenizer_files: list[str]  # empty for an lmjax-native tokenizer
+  tokenizer_kind: str
+
+
+def _tokenizer_files(tokenizer: Any, out_dir: Path, model: Any) -> list[str]:
+  """Writes the HF tokenizer files of an imported tokenizer; returns their names ([] for lmjax's own kinds)."""
+  if tokenizer.kind not in ("hf_bpe", "hf_wordpiece"):
+    return []
+  config, files = tokenizer._state()  # pylint: disable=protected-access
+  for name, data in files.items():
+    (out_dir / name).write_bytes(data)
+  specials = dict(config["special_tokens"])
+  settings: dict[str, Any] = {"model_max_length": model.max_len, **specials}
+  if tokenizer.kind == "hf_bpe":
+    settings |= {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False}
+  else:
+    settings |= {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case,
+                 "strip_accents": tokenizer.strip_accents, "tokenize_chinese_chars": tokenizer.tokenize_chinese_chars}
+  write_json(out_dir / "tokenizer_config.json", settings)
+  write_json(out_dir / "special_tokens_map.json", specials)
+  return [*files, "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def _native_specials(out_dir: Path, vocab: VocabMap) -> None:
+  """An lmjax tokenizer's special ids, for people wiring up their own tokenizer."""
+  write_json(out_dir / "lmjax_special_ids.json", {f"<{role}>": vocab.owned[role] for role in ROLES})
+
+
+def export_run(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> Exported:
+  """Raises HfError (one line) when the run cannot be represented or read, RunError for a bad workdir."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from lmjax.saved_run import open_run  # pylint: disable=import-outside-toplevel
+
+  out_dir = Path(out_dir)
+  if (out_dir / CONFIG_FILE).exists():
+    raise HfError(f"--out_dir={out_dir} already holds a checkpoint ({CONFIG_FILE}); choose a new directory")
+  run = open_run(workdir)
+  model = run.config.model
+  arch = for_export(model)
+  params, step = run.load_params(step)
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  tokenizer = run.tokenizer
+  vocab = getattr(tokenizer, "vocab_map", None) or VocabMap.identity(tokenizer.vocab_size)
+  fields = model.to_dict()
+  weights = arch.convert.export_params(params, fields, vocab)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  write_weights(out_dir, weights)
+  files = _tokenizer_files(tokenizer, out_dir, model)
+  if not files:
+    _native_specials(out_dir, vocab)
+  # config.json last: its presence marks a complete export.
+  write_json(out_dir / CONFIG_FILE, arch.convert.export_config(fields, vocab))
+  return Exported(out_dir, step, arch.model_type, files, tokenizer.kind)
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from lmjax import writers  # pylint: disable=import-outside-toplevel
+  from lmjax.cli import fail  # pylint: disable=import-outside-toplevel
+  from lmjax.saved_run import RunError  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  writers.quiet_library_logs()
+  f = flags.FLAGS
+  try:
+    result = export_run(f.workdir, f.out_dir, f.step)
+  except (HfError, RunError) as e:
+    fail(str(e))
+  for line in report(result, f.workdir):
+    print(line, file=sys.stderr)
+
+
+def report(result: Exported, workdir: str | Path) -> list[str]:
+  """What the CLI prints: where the checkpoint went, and whether transformers can tokenize for it."""
+  files = ["config.json", "model.safetensors", *result.tokenizer_files]
+  lines = [f"exported {workdir} (checkpoint step {result.step}) as Hugging Face {result.architecture} to "
+           f"{result.out_dir}: {', '.join(files)}"]
+  if not result.tokenizer_files:
+    lines.append(f"note: the run's tokenizer is lmjax-specific (kind {result.tokenizer_kind!r}) and has no "
+                 f"transformers equivalent; the model's token ids are lmjax's (specials in lmjax_special_ids.json): "
+                 f"encode text with lmjax.data.tokenizers.load_tokenizer('{Path(workdir) / 'tokenizer'}')")
+  return lines
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("workdir", None, "The lmjax run to export (config.json, tokenizer/, checkpoints/).")
+  flags.DEFINE_string("out_dir", None, "The Hugging Face checkpoint directory to create.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to export; default the latest.")
+  flags.mark_flags_as_required(["workdir", "out_dir"])
+
+
+if __name__ == "__main__":
+  from absl import app
+  from lmjax.cli import parse_flags
+  _define_flags()
+  app.run(main, flags_parser=parse_flags)
