@@ -26,6 +26,7 @@ setup(
         "ml-collections>=1.0.0",
         "absl-py>=2.1.0",
         "sentencepiece>=0.2.0",
+        "sacrebleu>=2.4",  # BLEU and chrF of translations, with their signatures
         "numpy>=1.26",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
@@ -38,7 +39,8 @@ setup(
         # transformers and torch build the reference models of tests/test_hf.py. torch==2.13.0 is the CPU build
         # these machines keep locally; a range admitting newer releases would pull several GB of CUDA wheels.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "safetensors>=0.4", "regex>=2023.0", "transformers>=4.40",
-                 "torch==2.13.0"],
+                 "torch==2.13.0",
+                 "rouge-score>=0.1.2"],  # the reference ROUGE that lmjax.text_metrics is tested against
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -17,12 +17,16 @@ DATA_SOURCES = ("embedded", "files", "tfds")
 DOCUMENT_SPLITS = ("file", "paragraph", "line")
 SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
-MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram", "bert")
+MODEL_NAMES = ("gpt", "ffnn", "lstm", "ngram", "bert", "encdec")
 FINETUNE_TASKS = ("classification", "tagging", "qa")
-TASK_NAMES = ("causal_lm", "mlm", *FINETUNE_TASKS)
+TASK_NAMES = ("causal_lm", "mlm", *FINETUNE_TASKS, "seq2seq")
 # The architectures each objective can train: a decoder predicts the next token, an encoder fills in masks.
 TASK_MODELS = {"causal_lm": ("gpt", "ffnn", "lstm", "ngram"), "mlm": ("bert",),
-               **{task: ("bert",) for task in FINETUNE_TASKS}}
+               **{task: ("bert",) for task in FINETUNE_TASKS}, "seq2seq": ("encdec",)}
+# Knowledge distillation (lmjax/tasks/distill.py): each wraps a base objective and trains its student architectures.
+DISTILL_TASKS = {"distill_lm": "causal_lm", "distill_mlm": "mlm"}
+TASK_NAMES = (*TASK_NAMES, *DISTILL_TASKS)
+TASK_MODELS = {**TASK_MODELS, "distill_lm": ("gpt", "ffnn", "lstm"), "distill_mlm": ("bert",)}
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "tanh", "swiglu", "geglu")
@@ -33,6 +37,7 @@ DECAY_MASKS = ("matrices", "all", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "save_dots")
 MESH_AXES = ("data", "fsdp", "tensor")
+SEQ2SEQ_METRICS = ("bleu", "chrf", "rouge")
 
 
 class ConfigError(ValueError):
@@ -79,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.relative_buckets = 32  # position='t5': buckets of the learned relative position bias
   c.model.relative_max_distance = 128  # position='t5': offsets at least this far apart share the last bucket
   c.model.norm = "layernorm"
+  c.model.norm_eps = 0.0  # 0: the norm's usual epsilon (layernorm 1e-5, rmsnorm 1e-6); BERT uses 1e-12
   c.model.pre_norm = True
   c.model.activation = "gelu"
   c.model.use_bias = True
@@ -92,8 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # recompute activations in the backward pass: 'none', 'full', or 'save_dots' (keep matmuls)
   c.model.ffnn_context = 8  # model.name='ffnn': previous tokens the feed-forward LM sees (Bengio et al. 2003)
   c.model.ngram_order = 5  # model.name='ngram': n of the Kneser-Ney n-gram model
-  c.model.norm_eps = 0.0  # 0: the norm's usual epsilon (layernorm 1e-5, rmsnorm 1e-6); BERT uses 1e-12
   c.model.type_vocab_size = 2  # model.name='bert': token types (segment A / B) the encoder embeds
+  c.model.share_embeddings = True  # model.name='encdec': one embedding table for source and target tokens
+  c.model.num_decoder_layers = 0  # model.name='encdec': decoder layers; 0 -> model.num_layers
 
   # task='mlm': BERT pretraining examples, [CLS] A [SEP] B [SEP] (see lmjax/data/mlm_pairs.py).
   c.mlm = ml_collections.ConfigDict()
@@ -128,6 +135,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.freeze_embeddings = False  # keep the token, position and token-type embeddings fixed
   c.finetune.freeze_layers = 0  # keep the first k encoder layers fixed
   c.finetune.head_lr_multiplier = 1.0  # learning rate of the new head (and anything not pretrained) relative to the rest
+
+  # task='seq2seq': translation or summarization with the encoder-decoder (model.name='encdec'). Pairs come from
+  # data.paths: one TSV file (source TAB target) or two aligned files 'train.de,train.en'; or from a TFDS dataset
+  # (data.source='tfds') whose features source_lang/target_lang hold the two sides.
+  c.seq2seq = ml_collections.ConfigDict()
+  c.seq2seq.source_lang = ""  # TFDS feature of the source side, e.g. 'de' for wmt14_translate/de-en, 'article'
+  c.seq2seq.target_lang = ""  # TFDS feature of the target side, e.g. 'en', 'highlights'
+  c.seq2seq.eval_paths = ""  # validation pairs (same format as data.paths); '' holds out data.validation_fraction
+  c.seq2seq.test_paths = ""  # optional test pairs, evaluated and scored as split 'test' at every eval
+  c.seq2seq.source_max_len = 64  # source tokens kept (EOS included); longer sources are cut
+  c.seq2seq.target_max_len = 64  # target tokens kept (EOS included); longer targets are cut
+  c.seq2seq.pack = False  # fill each train row with several pairs (attention stays within a pair): less padding
+  c.seq2seq.label_smoothing = 0.1  # the train loss; eval also reports the unsmoothed NLL and its perplexity
+  c.seq2seq.beam_size = 4  # eval decoding (and the generation CLI's default for these runs)
+  c.seq2seq.length_penalty = 0.6  # GNMT alpha of the beam search
+  c.seq2seq.max_decode_len = 0  # new tokens at most when decoding; 0 -> seq2seq.target_max_len
+  c.seq2seq.metrics = "bleu,chrf"  # computed from the decoded eval examples: 'bleu', 'chrf', 'rouge'; '' for none
+  c.seq2seq.bleu_tokenize = "13a"  # SacreBLEU tokenizer ('13a', 'intl', 'char', 'none', ...)
+  c.seq2seq.eval_decode_examples = 256  # eval examples decoded for the metrics (the loss uses all eval batches)
+
+  # task='distill_lm' / 'distill_mlm': a student (this config's model) learns from a frozen teacher run's outputs
+  # (lmjax/tasks/distill.py). loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the base task's loss.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ""  # any lmjax run of the same objective and tokenizer; reloaded on every start
+  c.distill.teacher_step = 0  # the teacher's checkpoint step; 0: its latest
+  c.distill.alpha = 0.5  # weight of the distillation term; 1 - alpha weighs the loss on the labels
+  c.distill.temperature = 2.0  # T: both distributions are softmax(logits / T) in the KL term
+  c.distill.hidden_weight = 0.0  # MSE of hidden states at distill.layer_pairs (learned projection if widths differ)
+  c.distill.attention_weight = 0.0  # KL between attention maps at distill.layer_pairs
+  c.distill.layer_pairs = ""  # 'teacher:student' block indices, e.g. '1:0,3:1'
+  c.distill.init_student_layers = ""  # '0,2,4' or 'every_other': student layer i starts as that teacher layer
+  c.distill.offline_logits_dir = ""  # train from precomputed teacher top-k logits (python -m lmjax.distill.precompute)
+  c.distill.top_k = 32  # logits kept per position by the precompute
 
   # Devices form a mesh with axes (data, fsdp, tensor); -1 takes the devices the other axes leave. Parameters and
   # activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b" splits over
@@ -267,7 +307,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if m.name not in TASK_MODELS[cfg.task]:
     _fail("model.name", m.name, f"task={cfg.task!r} trains one of: {', '.join(TASK_MODELS[cfg.task])}; set "
           f"model.name to one of them, or choose the task that trains it")
-  attention = m.name in ("gpt", "bert")  # the baselines have no attention heads and no position table
+  attention = m.name in ("gpt", "bert", "encdec")  # the baselines have no attention heads and no position table
   if attention and m.d_model % m.num_heads:
     _fail("model.d_model", m.d_model, f"must be divisible by model.num_heads={m.num_heads} "
           f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)})")
@@ -295,9 +335,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _at_least(cfg, "model.ngram_order", 1)
   _at_least(cfg, "model.type_vocab_size", 1)
   _at_least(cfg, "model.norm_eps", 0.0)
-  if cfg.task == "mlm":
+  if cfg.task in ("mlm", "distill_mlm"):
     _validate_mlm(cfg)
+  _validate_distill(cfg)
   _validate_finetune(cfg)
+  _validate_seq2seq(cfg)
 
   sizes = {axis: cfg.mesh[axis] for axis in MESH_AXES}
   for axis, size in sizes.items():
@@ -369,6 +411,41 @@ def _validate_mlm(cfg: ml_collections.ConfigDict) -> None:
           "task='causal_lm'; set it to ''")
 
 
+def _validate_seq2seq(cfg: ml_collections.ConfigDict) -> None:
+  s, d, m = cfg.seq2seq, cfg.data, cfg.model
+  _at_least(cfg, "model.num_decoder_layers", 0)
+  if cfg.task != "seq2seq":
+    return
+  if d.source == "embedded":
+    _fail("data.source", d.source, "task='seq2seq' needs parallel data: data.source='files' with data.paths "
+          "'pairs.tsv' or 'train.de,train.en', or 'tfds' with seq2seq.source_lang and seq2seq.target_lang")
+  if d.source == "tfds":
+    for field in ("source_lang", "target_lang"):
+      if not s[field].strip():
+        _fail(f"seq2seq.{field}", s[field], "data.source='tfds' needs the TFDS features of both sides, e.g. "
+              "source_lang='de', target_lang='en' for wmt14_translate/de-en")
+  for field in ("source_max_len", "target_max_len"):
+    _at_least(cfg, f"seq2seq.{field}", 2)
+    if m.position == "learned" and s[field] > m.max_len:
+      _fail(f"seq2seq.{field}", s[field], f"exceeds model.max_len={m.max_len}, the size of the learned position "
+            f"table; raise model.max_len or lower it")
+  if not 0.0 <= s.label_smoothing < 1.0:
+    _fail("seq2seq.label_smoothing", s.label_smoothing, "must be in [0, 1) (Vaswani et al.: 0.1)")
+  _at_least(cfg, "seq2seq.beam_size", 1)
+  _at_least(cfg, "seq2seq.length_penalty", 0.0)
+  _at_least(cfg, "seq2seq.max_decode_len", 0)
+  _at_least(cfg, "seq2seq.eval_decode_examples", 0)
+  if m.position == "learned" and (s.max_decode_len or s.target_max_len) + 1 > m.max_len:
+    _fail("seq2seq.max_decode_len", s.max_decode_len, f"plus <bos> exceeds model.max_len={m.max_len} for learned "
+          f"positions; lower it (0 takes seq2seq.target_max_len) or raise model.max_len")
+  metrics = [x.strip() for x in s.metrics.split(",") if x.strip()]
+  if any(x not in SEQ2SEQ_METRICS for x in metrics):
+    _fail("seq2seq.metrics", s.metrics, f"give a comma-separated subset of {', '.join(SEQ2SEQ_METRICS)}, or ''")
+  if cfg.train.extra_eval_seq_lens.strip():
+    _fail("train.extra_eval_seq_lens", cfg.train.extra_eval_seq_lens, "evaluating at other lengths is for "
+          "task='causal_lm'; set it to ''")
+
+
 def _validate_finetune(cfg: ml_collections.ConfigDict) -> None:
   f, d = cfg.finetune, cfg.data
   if cfg.task not in FINETUNE_TASKS:
@@ -413,6 +490,58 @@ def _validate_finetune(cfg: ml_collections.ConfigDict) -> None:
           "task='causal_lm'; set it to ''")
 
 
+def _validate_distill(cfg: ml_collections.ConfigDict) -> None:
+  """Fields checkable without the teacher; the teacher run itself is checked when the task opens it."""
+  k, m = cfg.distill, cfg.model
+  if cfg.task not in DISTILL_TASKS:
+    if k.teacher_workdir or k.offline_logits_dir:
+      _fail("distill.teacher_workdir" if k.teacher_workdir else "distill.offline_logits_dir",
+            k.teacher_workdir or k.offline_logits_dir, f"distillation needs task='distill_lm' or 'distill_mlm', "
+            f"not {cfg.task!r}; set the task or clear the field")
+    return
+  if not k.teacher_workdir and not k.offline_logits_dir:
+    _fail("distill.teacher_workdir", k.teacher_workdir, f"task={cfg.task!r} needs the teacher's run directory (or "
+          f"distill.offline_logits_dir with precomputed teacher logits)")
+  if not 0.0 <= k.alpha <= 1.0:
+    _fail("distill.alpha", k.alpha, "must be in [0, 1] (1: only the teacher's distribution, 0: only the labels)")
+  _at_least(cfg, "distill.temperature", 0.0, strict=True)
+  _at_least(cfg, "distill.teacher_step", 0)
+  _at_least(cfg, "distill.hidden_weight", 0.0)
+  _at_least(cfg, "distill.attention_weight", 0.0)
+  _at_least(cfg, "distill.top_k", 1)
+  try:
+    pairs = parse_layer_pairs(k.layer_pairs)
+  except ValueError:
+    _fail("distill.layer_pairs", k.layer_pairs, "give teacher:student block indices separated by commas, "
+          "e.g. '1:0,3:1'")
+  needs_layers = k.hidden_weight > 0 or k.attention_weight > 0
+  if needs_layers and not pairs:
+    _fail("distill.layer_pairs", k.layer_pairs, "distill.hidden_weight or attention_weight > 0 needs layer pairs to "
+          "match, e.g. '1:0,3:1' (teacher block 1 to student block 0, ...)")
+  if needs_layers and m.name not in ("gpt", "bert"):
+    _fail("model.name", m.name, "hidden-state and attention distillation match Transformer blocks (gpt, bert); set "
+          "distill.hidden_weight=0 and distill.attention_weight=0")
+  for _, student in pairs:
+    if student >= m.num_layers:
+      _fail("distill.layer_pairs", k.layer_pairs, f"student block {student} does not exist: the student has "
+            f"model.num_layers={m.num_layers} (blocks 0..{m.num_layers - 1})")
+  if k.offline_logits_dir and needs_layers:
+    _fail("distill.offline_logits_dir", k.offline_logits_dir, "precomputed logits carry no hidden states or "
+          "attention maps; set distill.hidden_weight=0 and distill.attention_weight=0, or train online")
+  if k.init_student_layers:
+    try:
+      layers = parse_student_layers(k.init_student_layers, m.num_layers)
+    except ValueError:
+      layers = None
+    if layers is None or len(layers) != m.num_layers:
+      _fail("distill.init_student_layers", k.init_student_layers, f"give one teacher layer per student layer "
+            f"(model.num_layers={m.num_layers}), e.g. '{','.join(str(2 * i) for i in range(m.num_layers))}', or "
+            f"'every_other'")
+    if not k.teacher_workdir:
+      _fail("distill.teacher_workdir", k.teacher_workdir, "distill.init_student_layers copies the teacher's layers; "
+            "give its run directory")
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   """{'model': {'d_model': 64}} -> {'model.d_model': 64}: how fields are named in flags, errors and reports."""
   out = {}
@@ -427,6 +556,28 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def parse_lengths(text: str) -> list[int]:
   """'512, 1024' -> [512, 1024]; '' -> []."""
   return [int(part) for part in text.split(",") if part.strip()]
+
+
+def parse_layer_pairs(text: str) -> list[tuple[int, int]]:
+  """distill.layer_pairs: '1:0, 3:1' -> [(1, 0), (3, 1)], (teacher block, student block); '' -> []."""
+  pairs = []
+  for part in (p.strip() for p in text.split(",")):
+    if part:
+      teacher, student = (int(x) for x in part.split(":"))
+      if teacher < 0 or student < 0:
+        raise ValueError(part)
+      pairs.append((teacher, student))
+  return pairs
+
+
+def parse_student_layers(text: str, num_layers: int) -> list[int]:
+  """distill.init_student_layers: '0,2,4' -> [0, 2, 4]; 'every_other' -> [0, 2, ..., 2 * (num_layers - 1)]."""
+  if text.strip() == "every_other":
+    return [2 * i for i in range(num_layers)]
+  layers = parse_lengths(text)
+  if any(i < 0 for i in layers):
+    raise ValueError(text)
+  return layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,6 +595,7 @@ class ModelConfig:
   relative_buckets: int = 32
   relative_max_distance: int = 128
   norm: str = "layernorm"
+  norm_eps: float = 0.0
   pre_norm: bool = True
   activation: str = "gelu"
   use_bias: bool = True
@@ -457,7 +609,8 @@ class ModelConfig:
   remat: str = "none"
   ffnn_context: int = 8
   type_vocab_size: int = 2
-  norm_eps: float = 0.0
+  share_embeddings: bool = True
+  num_decoder_layers: int = 0
   name: str = "gpt"
 
   @property

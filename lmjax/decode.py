@@ -43,7 +43,8 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from lmjax.data.tokenizers import EOS_ID, PAD_ID
+from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from lmjax.models.seq2seq import EncoderDecoder
 from lmjax.models.transformer import Decoder
 
 # Scores of impossible hypotheses: far below any real log-probability, yet finite so arithmetic stays NaN-free.
@@ -103,10 +104,60 @@ class DecoderOnlyStep:
     return logits_B1V[:, 0], cache
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderStep:
+  """StepDecoder for lmjax.models.seq2seq.EncoderDecoder (translation, summarization).
+
+  `encoder_inputs` is {"tokens": [B, S] source ids, right-padded, "lengths": [B] real source tokens}. init_cache
+  runs the encoder once and keeps every decoder layer's cross-attention keys and values, so a step costs only the
+  decoder; the cache is {"self": one KVCache per layer, "cross": one KVCache per layer over the S source slots,
+  "source_segment_ids": [B, S]}, every leaf batch-first, so beam search reorders it like the decoder-only cache.
+  The target prompt is usually just <bos>.
+  """
+  model: EncoderDecoder
+
+  @property
+  def max_len(self) -> int | None:
+    cfg = self.model.cfg
+    return cfg.max_len if cfg.position == "learned" else None
+
+  def prepare(self, params: Any) -> Any:
+    return DecoderOnlyStep.prepare(self, params)  # the same casts: matrices to the compute dtype once
+
+  def init_cache(self, params: Any, batch: int, length: int, encoder_inputs: Any = None) -> Any:
+    if encoder_inputs is None:
+      raise ValueError("an encoder-decoder model needs encoder_inputs={'tokens': [B, S], 'lengths': [B]}")
+    source_BS = jnp.asarray(encoder_inputs["tokens"], jnp.int32)
+    if source_BS.shape[0] != batch:
+      raise ValueError(f"encoder_inputs has {source_BS.shape[0]} rows for a batch of {batch}")
+    segment_ids_BS = (jnp.arange(source_BS.shape[1]) < jnp.asarray(encoder_inputs["lengths"])[:, None])
+    segment_ids_BS = segment_ids_BS.astype(jnp.int32)
+    variables = {"params": params}
+    enc_BSD = self.model.apply(variables, source_BS, segment_ids_BS, method="encode")
+    cross = self.model.apply(variables, enc_BSD, method="cross_kv")
+    return {"self": self.model.init_cache(batch, length), "cross": cross, "source_segment_ids": segment_ids_BS}
+
+  def _decode(self, params, cache, tokens_BL, positions_BL, logits_index_B=None):
+    logits_B1V, self_cache = self.model.apply(
+        {"params": params}, tokens_BL, cache["cross"], cache["source_segment_ids"], positions_BL=positions_BL,
+        cache=cache["self"], logits_index_B=logits_index_B, method="decode")
+    return logits_B1V[:, 0], {**cache, "self": self_cache}
+
+  def prefill(self, params: Any, cache: Any, tokens_BP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, Any]:
+    B, P = tokens_BP.shape
+    positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+    return self._decode(params, cache, tokens_BP, positions_BP, lengths_B - 1)
+
+  def step(self, params: Any, cache: Any, tokens_B: jax.Array, positions_B: jax.Array) -> tuple[jax.Array, Any]:
+    return self._decode(params, cache, tokens_B[:, None], positions_B[:, None])
+
+
 def step_decoder(model: Any) -> StepDecoder | None:
   """The StepDecoder for a model, or None for one that cannot decode over a cache (use generate_without_cache)."""
   if isinstance(model, Decoder):
     return DecoderOnlyStep(model)
+  if isinstance(model, EncoderDecoder):
+    return EncoderDecoderStep(model)
   return None
 
 
@@ -134,6 +185,12 @@ def top_p_filter(logits_BV: jax.Array, top_p: float, sorted_BS: jax.Array | None
   last_B1 = jnp.sum(before_BS < top_p, axis=-1, keepdims=True) - 1
   threshold_B1 = jnp.take_along_axis(sorted_BS, last_B1, axis=-1)
   return jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+
+
+def never_generated(logits_BV: jax.Array) -> jax.Array:
+  """<pad> and <bos> are inputs only. An lmjax model never learns to predict them, but an imported one can give
+  <bos> a high score (GPT-2's <bos> shares <|endoftext|>'s tied embedding), so they are ruled out explicitly."""
+  return logits_BV.at[..., jnp.asarray([PAD_ID, BOS_ID])].set(-jnp.inf)
 
 
 def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
@@ -192,7 +249,7 @@ def generate(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B:
 
   def choose(i, logits_BV, rng, tokens_BT, done_B):
     rng, key = jax.random.split(rng)
-    next_B = jnp.where(done_B, PAD_ID, sample_logits(logits_BV, key, temperature, top_k, top_p))
+    next_B = jnp.where(done_B, PAD_ID, sample_logits(never_generated(logits_BV), key, temperature, top_k, top_p))
     tokens_BT = tokens_BT.at[rows_B, lengths_B + i].set(next_B, unique_indices=True)
     return next_B, rng, tokens_BT, done_B | (next_B == stop)
 
@@ -252,7 +309,8 @@ def beam_search(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths
   def expand(i, logits_BWV, state):
     """Extends the alive hypotheses by token i (0-based) and sorts the candidates into alive and finished."""
     alive_BWT, alive_logp_BW, finished_BWT, finished_score_BW, finished_ok_BW, cache = state
-    logp_BWV = jax.nn.log_softmax(logits_BWV, axis=-1)
+    # Scores stay the model's own log-probabilities; <pad> and <bos> are only taken out of the candidates.
+    logp_BWV = never_generated(jax.nn.log_softmax(logits_BWV, axis=-1))
     cand_BX = (alive_logp_BW[:, :, None] + logp_BWV).reshape(B, W * V)
     # 2W candidates always hold W that do not end in EOS: at most one EOS continuation per beam.
     cand_logp_BC, index_BC = jax.lax.top_k(cand_BX, 2 * W)

@@ -77,6 +77,20 @@ def read_prompts() -> list[str]:
   return list(_PROMPT.value) or [""]
 
 
+def translation_settings(config: Any, s: dict[str, Any]) -> dict[str, Any]:
+  """An encoder-decoder run translates its prompts: unless sampling flags are given, beam search with the run's
+  seq2seq.beam_size and length_penalty, and at most its max_decode_len (or target_max_len) new tokens."""
+  q = config.seq2seq
+  if not _MAX_NEW.present:
+    s = {**s, "max_new_tokens": q.max_decode_len or q.target_max_len}
+  sampling = any(flag.present for flag in (_TEMPERATURE, _TOP_K, _TOP_P))
+  if s["strategy"] != "beam" and not sampling:
+    s = {"strategy": "beam", "beam_size": max(q.beam_size, _NUM_SAMPLES.value),
+         "length_penalty": _LENGTH_PENALTY.value if _LENGTH_PENALTY.present else q.length_penalty,
+         "max_new_tokens": s["max_new_tokens"]}
+  return s
+
+
 def settings() -> dict[str, Any]:
   if _BEAM_SIZE.value:
     return {"strategy": "beam", "beam_size": _BEAM_SIZE.value, "length_penalty": _LENGTH_PENALTY.value,
@@ -104,8 +118,9 @@ def load_run(workdir: Path) -> tuple[Any, Any, Any]:
   except RunError as e:
     fail(str(e))
   config, tokenizer = run.config, run.tokenizer
-  if config.model.name != "gpt":
-    fail(f"config.model.name={config.model.name!r}: lmjax.generate decodes GPT models (model.name='gpt') only")
+  if config.model.name not in ("gpt", "encdec"):
+    fail(f"config.model.name={config.model.name!r}: lmjax.generate decodes GPT models (model.name='gpt') and "
+         f"encoder-decoders (model.name='encdec') only")
   if _TOP_K.value > tokenizer.vocab_size:
     fail(f"--top_k={_TOP_K.value} exceeds the vocabulary of {tokenizer.vocab_size} tokens")
   return config, tokenizer, run.model()
@@ -131,7 +146,14 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
   from lmjax.data.tokenizers import BOS_ID, EOS_ID
 
   decoder = decode.step_decoder(model)
-  encoded = [[BOS_ID, *tokenizer.encode(p).tolist()] for p in prompts]
+  # An encoder-decoder reads each prompt as its source (ids, <eos>) and starts every output from <bos> alone.
+  translating = isinstance(decoder, decode.EncoderDecoderStep)
+  sources = [[*tokenizer.encode(p).tolist(), EOS_ID] for p in prompts] if translating else []
+  S = max(map(len, sources), default=0)
+  if translating and decoder.max_len is not None and S > decoder.max_len:
+    raise ValueError(f"a source of {S} tokens (with <eos>) exceeds model.max_len={decoder.max_len}, the size of the "
+                     f"learned position table; shorten it")
+  encoded = [[BOS_ID] if translating else [BOS_ID, *tokenizer.encode(p).tolist()] for p in prompts]
   P = max(map(len, encoded))
   decode.check_fits(decoder, P, s["max_new_tokens"])
   beam = s["strategy"] == "beam"
@@ -153,12 +175,19 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
     lengths_B = np.asarray([len(encoded[i]) for i, _ in chunk], np.int32)
     for r, (i, _) in enumerate(chunk):
       prompt_BP[r, :len(encoded[i])] = encoded[i]
+    extra = {}
+    if translating:
+      source_BS = np.zeros((batch, S), np.int32)
+      for r, (i, _) in enumerate(chunk):
+        source_BS[r, :len(sources[i])] = sources[i]
+      extra["encoder_inputs"] = {"tokens": jnp.asarray(source_BS),
+                                 "lengths": jnp.asarray([len(sources[i]) for i, _ in chunk], jnp.int32)}
     if beam:
-      tokens_BWT, scores_BW = jax.device_get(fn(params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B)))
+      tokens_BWT, scores_BW = jax.device_get(fn(params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B), **extra))
       outputs = [[(tokens_BWT[r, w], float(scores_BW[r, w])) for w in range(num_samples)] for r in range(batch)]
     else:
       tokens_BT = jax.device_get(fn(params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
-                                    jax.random.fold_in(rng, chunk_index)))
+                                    jax.random.fold_in(rng, chunk_index), **extra))
       outputs = [[(tokens_BT[r], None)] for r in range(batch)]
     for r, (i, j) in enumerate(rows[start:start + batch]):
       for tokens_T, score in outputs[r]:
@@ -172,7 +201,7 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
 
 
 def write_sheet(directory: Path, name: str, meta: dict[str, Any], prompts: list[str],
-                results: list[list[dict[str, Any]]]) -> tuple[Path, Path]:
+                results: list[list[dict[str, Any]]], separator: str = "") -> tuple[Path, Path]:
   """NAME.md for reading (settings table, then each prompt and its samples) and NAME.jsonl for tools."""
   directory.mkdir(parents=True, exist_ok=True)
   lines = [f"# Sample sheet: {name}", "", "| setting | value |", "|---|---|"]
@@ -184,7 +213,7 @@ def write_sheet(directory: Path, name: str, meta: dict[str, Any], prompts: list[
       score = f", score {sample['score']:.4f}" if "score" in sample else ""
       ending = "ended with EOS" if sample["ended_with_eos"] else "hit the token limit"
       lines += ["", f"**Sample {j + 1}** ({sample['new_tokens']} tokens, {ending}{score})", "", "```text",
-                prompt + sample["text"], "```"]
+                prompt + separator + sample["text"], "```"]
       records.append({"prompt": prompt, "prompt_index": n, "sample": j, "text": sample["text"],
                       **({"score": sample["score"]} if "score" in sample else {}), "settings": meta,
                       "checkpoint_step": meta["checkpoint_step"]})
@@ -209,6 +238,8 @@ def main(argv: list[str]) -> None:
   config, tokenizer, model = load_run(workdir)
   params, step = load_params(workdir, _STEP.value)
   s = settings()
+  if config.model.name == "encdec":
+    s = translation_settings(config, s)
   start = time.perf_counter()
   try:
     results = generate_texts(model, params, tokenizer, prompts, s, _NUM_SAMPLES.value, _BATCH_SIZE.value)
@@ -218,14 +249,16 @@ def main(argv: list[str]) -> None:
   for n, (prompt, samples) in enumerate(zip(prompts, results)):
     for j, sample in enumerate(samples):
       score = f" score {sample['score']:.4f}" if "score" in sample else ""
-      print(f"--- prompt {n + 1} sample {j + 1}{score} ---\n{prompt}{sample['text']}\n")
+      text = f"{prompt}\n=> {sample['text']}" if config.model.name == "encdec" else prompt + sample["text"]
+      print(f"--- prompt {n + 1} sample {j + 1}{score} ---\n{text}\n")
   tokens = sum(r["new_tokens"] for samples in results for r in samples)
   print(f"{tokens} tokens in {seconds:.1f} s, compilation included (checkpoint step {step})", file=sys.stderr)
   if _SHEET.value:
     meta = {"workdir": os.path.abspath(workdir), "checkpoint_step": step, **s, "num_samples": _NUM_SAMPLES.value,
             "prompts": len(prompts), "model": f"{config.model.name}, {config.model.num_layers} layers, "
             f"width {config.model.d_model}, position {config.model.position}", "tokenizer": tokenizer.kind}
-    md, jsonl = write_sheet(workdir / "samples", _SHEET.value, meta, prompts, results)
+    separator = "\n=> " if config.model.name == "encdec" else ""  # a translation follows its source, not continues it
+    md, jsonl = write_sheet(workdir / "samples", _SHEET.value, meta, prompts, results, separator)
     print(f"wrote {md} and {jsonl}", file=sys.stderr)
 
 

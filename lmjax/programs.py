@@ -36,6 +36,19 @@ class Programs:
   train_fn: Any  # (state, batches [S, B, ...]) -> (state, metrics [S])
   eval_fn: Any  # (params, batch [B, ...]) -> summed eval statistics
   predict_fn: Any = None  # (params, batch [B, ...]) -> per-example predictions (replicated), for tasks with `predict`
+  # Tasks with frozen parameters (task.frozen_spec(), e.g. a distillation teacher): their shardings, by the same
+  # logical rules; the jitted steps then take them as a last argument, (state, batches, frozen) and so on.
+  frozen_shardings: Any = None
+  frozen: Any = None  # the loaded frozen parameters, once `with_frozen` has bound them
+
+  def with_frozen(self, frozen: Any) -> "Programs":
+    """These programs with the frozen parameters bound as the steps' last argument (a jit argument each call,
+    never a constant compiled into the program), so callers keep calling train_fn(state, batches)."""
+    train_fn, eval_fn, predict_fn = self.train_fn, self.eval_fn, self.predict_fn
+    return dataclasses.replace(
+        self, frozen=frozen, train_fn=lambda state, batches: train_fn(state, batches, frozen),
+        eval_fn=lambda params, batch: eval_fn(params, batch, frozen),
+        predict_fn=None if predict_fn is None else lambda params, batch: predict_fn(params, batch, frozen))
 
   def sample_tokens(self, seq_len: int) -> jax.Array:
     """Tokens to initialize a model that takes only tokens (the causal LMs); `task.init_args` is the general form."""
@@ -72,16 +85,22 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: 
                              config.finetune.head_lr_multiplier)
   with sharding.activate(mesh, rules):
     shardings = state_shardings(model, optimizer, config.seed, task.init_args(config), mesh, rules)
+  frozen_spec = task.frozen_spec() if hasattr(task, "frozen_spec") else None
+  frozen_shardings = None if frozen_spec is None else sharding.tree_shardings(*frozen_spec, mesh, rules)
+  frozen_in = () if frozen_shardings is None else (frozen_shardings,)
   train_spec, eval_spec = sharding.batch_spec(rules, leading=1), sharding.batch_spec(rules)
   named = lambda spec: jax.sharding.NamedSharding(mesh, spec)
   train_fn = jax.jit(functools.partial(train_steps, task=task, optimizer=optimizer, microbatches=t.microbatches),
-                     in_shardings=(shardings, named(train_spec)), out_shardings=(shardings, None), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, task=task), in_shardings=(shardings.params, named(eval_spec)))
+                     in_shardings=(shardings, named(train_spec), *frozen_in), out_shardings=(shardings, None),
+                     donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, task=task),
+                    in_shardings=(shardings.params, named(eval_spec), *frozen_in))
   predict_fn = None
   if hasattr(task, "predict"):
     # Replicated outputs: every process reads all predictions of a batch, whatever rows it fed.
-    predict_fn = jax.jit(functools.partial(predict_step, task=task), in_shardings=(shardings.params, named(eval_spec)),
+    predict_fn = jax.jit(functools.partial(predict_step, task=task),
+                         in_shardings=(shardings.params, named(eval_spec), *frozen_in),
                          out_shardings=named(jax.sharding.PartitionSpec()))
   return Programs(model=model, task=task, optimizer=optimizer, mesh=mesh, rules=rules, state_shardings=shardings,
                   train_batch_spec=train_spec, eval_batch_spec=eval_spec, train_fn=train_fn, eval_fn=eval_fn,
-                  predict_fn=predict_fn)
+                  predict_fn=predict_fn, frozen_shardings=frozen_shardings)

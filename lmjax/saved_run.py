@@ -50,7 +50,7 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     step = steps[-1]
   elif step not in steps:
     raise RunError(f"{workdir}: no checkpoint at step {step} (steps: {', '.join(map(str, steps))})")
-  path = workdir / "checkpoints" / str(step) / "state"
+  path = (workdir / "checkpoints" / str(step) / "state").resolve()  # orbax reads no metadata from relative paths
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
     metadata = reader.metadata(path).item_metadata

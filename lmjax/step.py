@@ -1,4 +1,9 @@
-"""Pure train and eval steps: (state, batch) -> (state, metrics). No I/O; jitted by the caller."""
+"""Pure train and eval steps: (state, batch) -> (state, metrics). No I/O; jitted by the caller.
+
+Every step also takes an optional `frozen` argument: parameters the task reads but never trains (a distillation
+teacher). None for most tasks, which then see exactly the calls they always did; otherwise it is passed on as the
+task's last positional argument, outside the gradient and the optimizer.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,12 @@ import optax
 from lmjax.state import TrainState
 
 
+def _frozen_args(frozen: Any) -> tuple[Any, ...]:
+  return () if frozen is None else (frozen,)
+
+
 def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, task: Any,
-                      microbatches: int) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+                      microbatches: int, frozen: Any = None) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
   """The large batch's loss and gradients, computed one microbatch at a time to bound activation memory.
 
   Each microbatch contributes its summed token loss, and the total is divided by all tokens of the batch, so the
@@ -25,12 +34,12 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   micro = jax.tree_util.tree_map(split, batch)
 
   def summed_loss(p, mb, r):
-    loss, aux = task.loss(p, mb, r)
+    loss, aux = task.loss(p, mb, r, *_frozen_args(frozen))
     return loss * aux["tokens"], aux
 
   # A task's other metrics (per-head losses, say) are averaged with the loss's weights.
   first = jax.tree_util.tree_map(lambda x: x[0], micro)
-  extra_shapes = {k: v for k, v in jax.eval_shape(task.loss, params, first, rng)[1].items()
+  extra_shapes = {k: v for k, v in jax.eval_shape(task.loss, params, first, rng, *_frozen_args(frozen))[1].items()
                   if k not in ("loss", "tokens")}
 
   def body(carry, inputs):
@@ -51,14 +60,16 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   return (loss, {**{k: v / denominator for k, v in extras.items()}, "loss": loss, "tokens": tokens}), grads
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Any,
+def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any,
                optimizer: optax.GradientTransformation,
                microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   rng = jax.random.fold_in(state.rng, state.step)
   if microbatches == 1:
-    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng)
+    # Differentiated with respect to the first argument only: frozen parameters get no gradient.
+    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng, *_frozen_args(frozen))
   else:
-    (loss, aux), grads = accumulated_grads(state.params, batch, rng, task=task, microbatches=microbatches)
+    (loss, aux), grads = accumulated_grads(state.params, batch, rng, task=task, microbatches=microbatches,
+                                           frozen=frozen)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -75,19 +86,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Any,
                        skipped_steps=state.skipped_steps + skipped), metrics
 
 
-def train_steps(state: TrainState, batches: dict[str, jax.Array], *, task: Any,
+def train_steps(state: TrainState, batches: dict[str, jax.Array], frozen: Any = None, *, task: Any,
                 optimizer: optax.GradientTransformation,
                 microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """Several steps in one call: `batches` has a leading steps axis [S, B, L]. Metrics come back as [S]."""
   def body(s, batch):
-    return train_step(s, batch, task=task, optimizer=optimizer, microbatches=microbatches)
+    return train_step(s, batch, frozen, task=task, optimizer=optimizer, microbatches=microbatches)
   return jax.lax.scan(body, state, batches)
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, task: Any) -> dict[str, jax.Array]:
-  return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), task.eval_sums(params, batch))
+def eval_step(params: Any, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any) -> dict[str, jax.Array]:
+  return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), task.eval_sums(params, batch, *_frozen_args(frozen)))
 
 
-def predict_step(params: Any, batch: dict[str, jax.Array], *, task: Any) -> dict[str, jax.Array]:
+def predict_step(params: Any, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any) -> dict[str, jax.Array]:
   """The task's per-example predictions, with the batch's example indices so rows are matched to examples."""
-  return {**task.predict(params, batch), "index": batch["index"]}
+  return {**task.predict(params, batch, *_frozen_args(frozen)), "index": batch["index"]}

@@ -39,6 +39,9 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path) -> Token
   """Trained (or collected) on the training split once, then loaded from workdir/tokenizer."""
   data_dir = data_dir_of(config, workdir)
   texts = lambda: sources.iter_texts(config.data, config.data.train_split, data_dir)
+  task_texts = getattr(get_task(config.task), "tokenizer_texts", None)
+  if task_texts is not None:  # a task whose data are not plain documents (parallel pairs) says what to train on
+    texts = lambda: task_texts(config, data_dir)
   return build_tokenizer(config.tokenizer.kind, texts, workdir / "tokenizer", vocab_size=config.tokenizer.vocab_size,
                          max_training_chars=config.tokenizer.max_training_chars)
 
@@ -195,6 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Programs, tokenizer: Tokenizer,
            data: TaskData, stop_at: int | None) -> dict[str, float]:
   t, d = config.train, config.data
+  if progs.frozen_shardings is not None:
+    # Parameters the steps read but never train (a distillation teacher): loaded at every start or resume, never
+    # part of the checkpoints.
+    progs = progs.with_frozen(progs.task.load_frozen(progs.frozen_shardings))
   model, task, optimizer, mesh = progs.model, progs.task, progs.optimizer, progs.mesh
   train_fn, eval_fn, shardings = progs.train_fn, progs.eval_fn, progs.state_shardings
   schedule = learning_rate_schedule(config.optim, t.num_steps)
@@ -222,6 +229,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
       state = state.replace(params=init_from.place(params, shardings.params))
       logging.info("Started %s from %s (step %s); the rest is freshly initialized.", ", ".join(copied),
                    config.finetune.init_from, config.finetune.init_step or "latest")
+    if hasattr(task, "initial_params"):  # a task's own start, e.g. a student's layers copied from its teacher
+      state = state.replace(params=task.initial_params(state.params, progs.frozen))
   step = int(state.step)
   num_params, first_row = count_params(state.params), True  # the size goes into the first train record
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())

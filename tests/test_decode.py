@@ -17,7 +17,7 @@ import pytest
 from configs import tiny
 from lmjax import decode, train
 from lmjax.config import ModelConfig
-from lmjax.data.tokenizers import EOS_ID, PAD_ID
+from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from lmjax.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_cached_decoding_equals_full_recomputation(name):
     row, full_LV = tokens_BT[b, :n + new], full_BLV[b, :n + new]
     assert (tokens_BT[b, n + new:] == PAD_ID).all()
     np.testing.assert_array_equal(row[:n], prompts[b])
-    np.testing.assert_array_equal(full_LV[n - 1:-1].argmax(-1), row[n:])
+    np.testing.assert_array_equal(np.asarray(decode.never_generated(jnp.asarray(full_LV[n - 1:-1]))).argmax(-1), row[n:])
     np.testing.assert_allclose(np.stack([s[b] for s in stepped]), full_LV[n - 1:-1], atol=2e-4, rtol=2e-4)
 
 
@@ -150,12 +150,13 @@ def log_softmax(x):
 
 
 def brute_force(table_SV, prompt, max_new, alpha):
-  """Every continuation: ended by EOS at any length, or cut at max_new; sorted by penalized score."""
+  """Every continuation: ended by EOS at any length, or cut at max_new; sorted by penalized score. <pad> and <bos>
+  are never generated, so no continuation holds them (their probability still counts in each softmax)."""
   V = table_SV.shape[1]
   h = 0
   for t in prompt:
     h = _extend(h, t)
-  others = [v for v in range(V) if v != EOS_ID]
+  others = [v for v in range(V) if v not in (EOS_ID, PAD_ID, BOS_ID)]
   hypotheses = []
   for n in range(1, max_new + 1):
     bodies = itertools.product(others, repeat=n - 1)

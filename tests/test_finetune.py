@@ -6,7 +6,6 @@ import random
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import bert_tiny

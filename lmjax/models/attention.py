@@ -48,8 +48,9 @@ def attention_mask(segment_ids_BL: jax.Array | None, kv_segment_ids_BM: jax.Arra
 
 def reference_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mask_B1LM: jax.Array,
                         dropout_rng: jax.Array | None = None, dropout_rate: float = 0.0,
-                        bias_BHLM: jax.Array | None = None) -> jax.Array:
-  """softmax(Q K^T / sqrt(d) + bias) V. Keys and values may have fewer heads K than queries (H = K * G)."""
+                        bias_BHLM: jax.Array | None = None, return_probs: bool = False) -> jax.Array:
+  """softmax(Q K^T / sqrt(d) + bias) V. Keys and values may have fewer heads K than queries (H = K * G).
+  With return_probs, (output, the attention probabilities [B, H, L, M] before dropout)."""
   B, L, H, d = q_BLHd.shape
   K = k_BMKd.shape[2]
   scale = d ** -0.5
@@ -63,14 +64,17 @@ def reference_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array,
     scores_BHLM = scores_BHLM + bias_BHLM.astype(jnp.float32)
   scores_BHLM = jnp.where(mask_B1LM, scores_BHLM, _MASKED)
   probs_BHLM = jax.nn.softmax(scores_BHLM, axis=-1)
+  undropped_BHLM = probs_BHLM
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BHLM.shape)
     probs_BHLM = jnp.where(keep, probs_BHLM / (1.0 - dropout_rate), 0.0)
   probs_BHLM = probs_BHLM.astype(v_BMKd.dtype)
   if K == H:
-    return jnp.einsum("BHLM,BMHd->BLHd", probs_BHLM, v_BMKd)
-  probs_BKGLM = probs_BHLM.reshape(B, K, H // K, L, -1)
-  return jnp.einsum("BKGLM,BMKd->BLKGd", probs_BKGLM, v_BMKd).reshape(B, L, H, d)
+    out_BLHd = jnp.einsum("BHLM,BMHd->BLHd", probs_BHLM, v_BMKd)
+  else:
+    probs_BKGLM = probs_BHLM.reshape(B, K, H // K, L, -1)
+    out_BLHd = jnp.einsum("BKGLM,BMKd->BLKGd", probs_BKGLM, v_BMKd).reshape(B, L, H, d)
+  return (out_BLHd, undropped_BHLM) if return_probs else out_BLHd
 
 
 def fused_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mask_B1LM: jax.Array) -> jax.Array:
@@ -131,6 +135,11 @@ class MultiHeadAttention(nn.Module):
   cfg: ModelConfig
   out_std: float
 
+  @property
+  def recording(self) -> bool:
+    """Whether the caller asked for intermediates (model.apply(..., mutable=['intermediates']))."""
+    return self.is_mutable_collection("intermediates")
+
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array | None, deterministic: bool, *,
                positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None,
@@ -169,11 +178,15 @@ class MultiHeadAttention(nn.Module):
         out_BLHd = fused_attention(q_BLHd, to_BMKd(cache.k_BKMd), to_BMKd(cache.v_BKMd), mask_B1LM)
       else:
         out_BLHd = cached_attention(q_BLHd, cache, mask_B1LM, bias_BHLM)
-    elif cfg.attention_impl == "jax" and not use_dropout and bias_BHLM is None:
+    elif cfg.attention_impl == "jax" and not use_dropout and bias_BHLM is None and not self.recording:
       out_BLHd = fused_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM)
     else:
       rng = self.make_rng("dropout") if use_dropout else None
-      out_BLHd = reference_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM, rng, cfg.attention_dropout, bias_BHLM)
+      out_BLHd = reference_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM, rng, cfg.attention_dropout, bias_BHLM,
+                                     return_probs=self.recording)
+      if self.recording:  # the attention maps, for distillation; the fused op does not expose them
+        out_BLHd, probs_BHLM = out_BLHd
+        self.sow("intermediates", "probs", probs_BHLM)
 
     y_ND = Projection((cfg.d_model,), ("heads", "kv"), ("embed",), self.out_std, cfg.use_bias, cfg.dtype,
                       cfg.param_dtype, name="out")(out_BLHd.reshape(B * L, H, d))

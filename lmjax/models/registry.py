@@ -10,6 +10,7 @@ from lmjax.config import ModelConfig
 from lmjax.models.encoder import Bert
 from lmjax.models.ffnn import FeedForwardLm
 from lmjax.models.lstm import LstmLm
+from lmjax.models.seq2seq import EncoderDecoder
 from lmjax.models.transformer import Decoder
 
 # The count-based 'ngram' model has no parameters to train: lmjax.models.ngram fits it outside this registry.
@@ -18,6 +19,7 @@ MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "ffnn": FeedForwardLm,
     "lstm": LstmLm,
     "bert": Bert,
+    "encdec": EncoderDecoder,
 }
 
 

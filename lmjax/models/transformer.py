@@ -64,6 +64,9 @@ class Block(nn.Module):
       x_BLD = Norm(cfg, name="ln_attn")(x_BLD + attn(x_BLD))
       x_BLD = Norm(cfg, name="ln_mlp")(x_BLD + mlp(x_BLD, deterministic))
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+    # Recorded only when the caller makes 'intermediates' mutable (distillation matches hidden states); a no-op
+    # otherwise, so default outputs and speed are unchanged.
+    self.sow("intermediates", "hidden", x_BLD)
     return x_BLD if cache is None else (x_BLD, new_cache[0])
 
 

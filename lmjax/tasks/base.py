@@ -27,6 +27,14 @@ whole split, drops padding and calls `data.score(split, index_N, predictions, st
 {metric: float}` once per split, whose metrics join the split's summarized ones. out_dir (None except on process 0)
 is where a task writes what it predicted, e.g. decoded translations, for people to read.
 
+Parameters a task reads but never trains (a distillation teacher) come through three optional methods.
+`task.frozen_spec() -> (ShapeDtypeStructs, logical PartitionSpecs) | None` describes them; programs.build shards them
+by the config's logical-axis rules and the jitted steps take them as a last argument, passed on to
+`task.loss(params, batch, rng, frozen)`, `task.eval_sums(params, batch, frozen)` and `task.predict(params, batch,
+frozen)` (never to the gradient or the optimizer). `task.load_frozen(shardings) -> pytree` loads them at every start
+and resume, so they are not part of the run's checkpoints. `task.initial_params(params, frozen) -> params` adjusts a
+fresh run's parameters once before the first step (a student's layers copied from its teacher).
+
 Batches are dicts of numpy arrays with the batch as dim 0 (any rank: [B], [B, L], [B, P]); the trainer stacks
 `steps_per_call` of them into [S, B, ...] and shards dim 0 (dim 1 when stacked) over the mesh's batch axes.
 """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from lmjax.tasks.causal_lm import CausalLmTask
 from lmjax.tasks.classification import ClassificationTask
+from lmjax.tasks.distill import DISTILL_TASK_CLASSES
 from lmjax.tasks.mlm import MlmTask
 from lmjax.tasks.qa import QaTask
+from lmjax.tasks.seq2seq import Seq2seqTask
 from lmjax.tasks.tagging import TaggingTask
 
 TASK_REGISTRY = {
@@ -14,6 +16,8 @@ TASK_REGISTRY = {
     "classification": ClassificationTask,
     "tagging": TaggingTask,
     "qa": QaTask,
+    "seq2seq": Seq2seqTask,
+    **DISTILL_TASK_CLASSES,
 }
 
 

@@ -1,0 +1,82 @@
+"""What is distilled for each base objective: how a model (student or teacher) runs on a batch, which of its
+logits are matched and at which positions, and the base task's own loss on the labels, from the same outputs.
+
+A new objective (sequence classification, say) becomes distillable by adding one class here: `run` its model,
+name its logits `heads` with their weights, and compute its `hard_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+Heads = dict[str, tuple[jax.Array, jax.Array]]  # name -> (logits [..., V], weights [...])
+
+
+def _apply(model: Any, params: Any, args: tuple, kwargs: dict, *, deterministic: bool, rng: jax.Array | None,
+           record: bool) -> tuple[Any, Any]:
+  """(outputs, intermediates or None). With `record`, the hidden states and attention maps the blocks sow."""
+  rngs = {"dropout": rng} if rng is not None else None
+  if not record:
+    return model.apply({"params": params}, *args, deterministic=deterministic, rngs=rngs, **kwargs), None
+  out, state = model.apply({"params": params}, *args, deterministic=deterministic, rngs=rngs,
+                           mutable=["intermediates"], **kwargs)
+  return out, state["intermediates"]
+
+
+class CausalLmHeads:
+  """Next-token logits [B, L, V] at every position the loss counts."""
+
+  @staticmethod
+  def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
+    return _apply(model, params, (batch["inputs"],),
+                  {"positions_BL": batch["positions"], "segment_ids_BL": batch["segment_ids"]},
+                  deterministic=deterministic, rng=rng, record=record)
+
+  @staticmethod
+  def heads(outputs, batch, config: ml_collections.ConfigDict) -> Heads:
+    del config
+    return {"lm": (outputs, batch["loss_mask"])}
+
+  @staticmethod
+  def hard_loss(outputs, batch, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """(loss, the base task's own metrics, its weight for gradient accumulation) as in tasks/causal_lm.py."""
+    del config
+    nll_BL = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["targets"])
+    mask_BL = batch["loss_mask"]
+    return (nll_BL * mask_BL).sum() / jnp.maximum(mask_BL.sum(), 1.0), {}, mask_BL.sum()
+
+
+class MlmHeads:
+  """Masked-LM logits [B, P, V] at the predicted positions, and next-sentence logits [B, 2] when mlm.nsp."""
+
+  @staticmethod
+  def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
+    return _apply(model, params, (batch["inputs"], batch["token_types"], batch["segment_ids"],
+                                  batch["mlm_positions"]), {}, deterministic=deterministic, rng=rng, record=record)
+
+  @staticmethod
+  def heads(outputs, batch, config: ml_collections.ConfigDict) -> Heads:
+    heads = {"mlm": (outputs["mlm_logits"], batch["mlm_weights"])}
+    if config.mlm.nsp:
+      heads["nsp"] = (outputs["nsp_logits"], jnp.ones(batch["nsp_labels"].shape, jnp.float32))
+    return heads
+
+  @staticmethod
+  def hard_loss(outputs, batch, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """As in tasks/mlm.py: the MLM mean over masked positions, plus the NSP mean over examples with mlm.nsp."""
+    mlm_BP = optax.softmax_cross_entropy_with_integer_labels(outputs["mlm_logits"], batch["mlm_targets"])
+    weights_BP = batch["mlm_weights"]
+    masked = weights_BP.sum()
+    aux = {"mlm_loss": (mlm_BP * weights_BP).sum() / jnp.maximum(masked, 1.0)}
+    if config.mlm.nsp:
+      aux["nsp_loss"] = optax.softmax_cross_entropy_with_integer_labels(outputs["nsp_logits"],
+                                                                        batch["nsp_labels"]).mean()
+    return sum(aux.values()), aux, masked
+
+
+HEADS = {"causal_lm": CausalLmHeads, "mlm": MlmHeads}

@@ -1,0 +1,114 @@
+"""The teacher: a finished (or running) lmjax run, opened read-only. Everything about it is checked before the
+student compiles, each problem one line naming the field to fix.
+
+Its parameters are restored straight into the shardings the student's logical-axis rules give them (every device
+reads only its own shards) and are never part of the student's train state: they are reloaded from the teacher's
+workdir each time the student's run starts or resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging as std_logging
+from typing import Any
+
+import jax
+import ml_collections
+
+from lmjax.config import DISTILL_TASKS, ConfigError, parse_layer_pairs
+from lmjax.distill.student import abstract_params
+from lmjax.saved_run import RunError, SavedRun, open_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  run: SavedRun
+  step: int
+  model: Any  # the teacher's Flax module
+  abstract: Any  # its parameters' ShapeDtypeStructs
+  axes: Any  # and logical PartitionSpecs
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.run.config
+
+
+def _fail(field: str, value: Any, why: str) -> None:
+  raise ConfigError(f"config.distill.{field}={value!r}: {why}")
+
+
+def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
+  """The run at distill.teacher_workdir as a teacher for this config's student; `base_class` is the task class of
+  the objective being distilled (its `create` builds the teacher's model from the teacher's own config)."""
+  k = config.distill
+  try:
+    run = open_run(k.teacher_workdir)
+  except RunError as e:
+    raise ConfigError(f"config.distill.teacher_workdir: {e}") from None
+  t = run.config
+  base = DISTILL_TASKS[config.task]
+  if DISTILL_TASKS.get(t.task, t.task) != base:
+    _fail("teacher_workdir", k.teacher_workdir, f"the teacher trained task={t.task!r}, but task={config.task!r} "
+          f"distils a {base!r} model; give a {base!r} run")
+  steps = run.steps
+  if not steps:
+    _fail("teacher_workdir", k.teacher_workdir, "has no checkpoint; train the teacher first")
+  if k.teacher_step and k.teacher_step not in steps:
+    _fail("teacher_step", k.teacher_step, f"the teacher has no checkpoint there (steps: {', '.join(map(str, steps))});"
+          f" use 0 for its latest")
+  if t.model.position == "learned" and t.model.name in ("gpt", "bert") and config.data.seq_len > t.model.max_len:
+    _fail("teacher_workdir", k.teacher_workdir, f"the teacher's learned positions stop at model.max_len="
+          f"{t.model.max_len} but the student reads data.seq_len={config.data.seq_len}; lower data.seq_len")
+  for teacher_layer, _ in parse_layer_pairs(k.layer_pairs):
+    if teacher_layer >= t.model.num_layers or t.model.name not in ("gpt", "bert"):
+      _fail("layer_pairs", k.layer_pairs, f"teacher block {teacher_layer} does not exist: the teacher is a "
+            f"{t.model.num_layers}-layer {t.model.name!r} model")
+  task = base_class.create(t, run.tokenizer.vocab_size)
+  abstract, axes = abstract_params(task.model, task.init_args(t))
+  return Teacher(run, k.teacher_step or steps[-1], task.model, abstract, axes)
+
+
+def check_tokenizer(config: ml_collections.ConfigDict, teacher: Teacher, tokenizer: Any) -> None:
+  """Token ids must mean the same in both models, or matching their distributions means nothing."""
+  theirs = teacher.run.tokenizer
+  if theirs.vocab_size != tokenizer.vocab_size or theirs.fingerprint() != tokenizer.fingerprint():
+    raise ConfigError(
+        f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}: the teacher's tokenizer ({theirs.kind}, "
+        f"{theirs.vocab_size} tokens, fingerprint {theirs.fingerprint()[:12]}) differs from this run's "
+        f"({tokenizer.kind}, {tokenizer.vocab_size} tokens, {tokenizer.fingerprint()[:12]}); use the teacher's "
+        f"tokenizer settings and training data (or copy its tokenizer/ directory into this workdir)")
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  logger = std_logging.getLogger("absl")
+  previous = logger.level
+  logger.setLevel(std_logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(previous)
+
+
+def restore_params(teacher: Teacher, shardings: Any) -> Any:
+  """The teacher's parameters at its step, each array restored directly into its sharding."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = (teacher.run.workdir / "checkpoints" / str(teacher.step) / "state").absolute()  # Orbax wants absolute
+  with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+    saved = reader.metadata(path).item_metadata["params"]
+  flat_saved = {jax.tree_util.keystr(p): m.shape for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  for p, want in jax.tree_util.tree_flatten_with_path(teacher.abstract)[0]:
+    name = jax.tree_util.keystr(p)
+    if flat_saved.get(name) != want.shape:
+      raise ConfigError(f"config.distill.teacher_workdir={str(teacher.run.workdir)!r}: parameter {name} is "
+                        f"{flat_saved.get(name, 'missing')} in checkpoint {teacher.step} but {want.shape} in the model "
+                        f"its config.json describes; the run's config and checkpoints disagree")
+  target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), teacher.abstract,
+                                  shardings)
+  restore_args = jax.tree_util.tree_map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
+  with _quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(item={"params": target},
+                                                                  restore_args={"params": restore_args},
+                                                                  partial_restore=True))
+  return restored["params"]
