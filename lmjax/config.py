@@ -24,9 +24,10 @@ TASK_NAMES = ("causal_lm", "mlm", *FINETUNE_TASKS, "seq2seq")
 TASK_MODELS = {"causal_lm": ("gpt", "ffnn", "lstm", "ngram"), "mlm": ("bert",),
                **{task: ("bert",) for task in FINETUNE_TASKS}, "seq2seq": ("encdec",)}
 # Knowledge distillation (lmjax/tasks/distill.py): each wraps a base objective and trains its student architectures.
-DISTILL_TASKS = {"distill_lm": "causal_lm", "distill_mlm": "mlm"}
+DISTILL_TASKS = {"distill_lm": "causal_lm", "distill_mlm": "mlm", "distill_classification": "classification"}
 TASK_NAMES = (*TASK_NAMES, *DISTILL_TASKS)
-TASK_MODELS = {**TASK_MODELS, "distill_lm": ("gpt", "ffnn", "lstm"), "distill_mlm": ("bert",)}
+TASK_MODELS = {**TASK_MODELS, "distill_lm": ("gpt", "ffnn", "lstm"), "distill_mlm": ("bert",),
+               "distill_classification": ("bert",)}
 POSITION_KINDS = ("learned", "sinusoidal", "none", "rope", "alibi", "t5")
 NORM_KINDS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "tanh", "swiglu", "geglu")
@@ -155,7 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq2seq.bleu_tokenize = "13a"  # SacreBLEU tokenizer ('13a', 'intl', 'char', 'none', ...)
   c.seq2seq.eval_decode_examples = 256  # eval examples decoded for the metrics (the loss uses all eval batches)
 
-  # task='distill_lm' / 'distill_mlm': a student (this config's model) learns from a frozen teacher run's outputs
+  # task='distill_lm' / 'distill_mlm' / 'distill_classification': a student (this config's model) learns from a
+  # frozen teacher run's outputs
   # (lmjax/tasks/distill.py). loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the base task's loss.
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher_workdir = ""  # any lmjax run of the same objective and tokenizer; reloaded on every start
@@ -447,21 +449,23 @@ def _validate_seq2seq(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _validate_finetune(cfg: ml_collections.ConfigDict) -> None:
+  """A distilled fine-tuning task (distill_classification) reads the same fields as its base task."""
   f, d = cfg.finetune, cfg.data
-  if cfg.task not in FINETUNE_TASKS:
+  task = DISTILL_TASKS.get(cfg.task, cfg.task)
+  if task not in FINETUNE_TASKS:
     if f.init_from:
       _fail("finetune.init_from", f.init_from, f"starts a fine-tuning task ({', '.join(FINETUNE_TASKS)}) from a "
             f"pretraining run; task={cfg.task!r} does not use it, so set it to ''")
     return
-  if f.tfds_name and cfg.task != "classification":
+  if f.tfds_name and task != "classification":
     _fail("finetune.tfds_name", f.tfds_name, "GLUE through TFDS is for task='classification'; give files instead")
   if not f.tfds_name:
     for field in ("train_file", "eval_file"):
       if not f[field].strip():
-        how = " (or finetune.tfds_name='glue/<task>')" if cfg.task == "classification" else ""
+        how = " (or finetune.tfds_name='glue/<task>')" if task == "classification" else ""
         _fail(f"finetune.{field}", f[field], f"task={cfg.task!r} reads its examples from a file: set "
               f"finetune.train_file and finetune.eval_file{how}")
-  if cfg.task == "classification":
+  if task == "classification":
     fields = [x.strip() for x in f.text_fields.split(",")]
     if len(fields) not in (1, 2) or not all(fields):
       _fail("finetune.text_fields", f.text_fields, "name one text field, or two separated by a comma for pairs")
@@ -469,11 +473,11 @@ def _validate_finetune(cfg: ml_collections.ConfigDict) -> None:
       _fail("model.type_vocab_size", cfg.model.type_vocab_size, "sentence pairs use token types 0 and 1: set 2")
     if not f.label_field.strip():
       _fail("finetune.label_field", f.label_field, "name the column or key holding the label")
-  specials = 3 if cfg.task != "tagging" else 2
+  specials = 3 if task != "tagging" else 2
   if d.seq_len < specials + 2:
     _fail("data.seq_len", d.seq_len, f"task={cfg.task!r} needs room for {specials} special tokens and some text: "
           f"use at least {specials + 2}, e.g. 128")
-  if cfg.task == "qa":
+  if task == "qa":
     _at_least(cfg, "finetune.doc_stride", 1)
     _at_least(cfg, "finetune.max_query_len", 1)
     _at_least(cfg, "finetune.max_answer_words", 1)
@@ -496,12 +500,19 @@ def _validate_distill(cfg: ml_collections.ConfigDict) -> None:
   if cfg.task not in DISTILL_TASKS:
     if k.teacher_workdir or k.offline_logits_dir:
       _fail("distill.teacher_workdir" if k.teacher_workdir else "distill.offline_logits_dir",
-            k.teacher_workdir or k.offline_logits_dir, f"distillation needs task='distill_lm' or 'distill_mlm', "
+            k.teacher_workdir or k.offline_logits_dir,
+            f"distillation needs task={' or '.join(map(repr, DISTILL_TASKS))}, "
             f"not {cfg.task!r}; set the task or clear the field")
     return
   if not k.teacher_workdir and not k.offline_logits_dir:
     _fail("distill.teacher_workdir", k.teacher_workdir, f"task={cfg.task!r} needs the teacher's run directory (or "
           f"distill.offline_logits_dir with precomputed teacher logits)")
+  if cfg.task == "distill_classification" and cfg.finetune.regression:
+    _fail("finetune.regression", cfg.finetune.regression, "a regression model has one output and no class "
+          "distribution to distil; set it to False, or train the student with task='classification'")
+  if cfg.task == "distill_classification" and k.offline_logits_dir:
+    _fail("distill.offline_logits_dir", k.offline_logits_dir, "precomputed logits are for distill_lm and "
+          "distill_mlm; a classifier's teacher runs online, so set it to ''")
   if not 0.0 <= k.alpha <= 1.0:
     _fail("distill.alpha", k.alpha, "must be in [0, 1] (1: only the teacher's distribution, 0: only the labels)")
   _at_least(cfg, "distill.temperature", 0.0, strict=True)

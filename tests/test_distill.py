@@ -307,6 +307,54 @@ def test_a_bert_student_distils_masked_lm_with_hidden_and_attention_terms(corpus
   assert np.isfinite(final["teacher_kl"]) and "mlm_accuracy" in final
 
 
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+  """A fine-tuned BERT teacher on the cue-word sentiment data (tests/test_finetune.py), trained from scratch."""
+  from test_finetune import finetune_config  # noqa: E402  (tests/ is on sys.path through conftest)
+  tmp = tmp_path_factory.mktemp("sentiment")
+  run_jobs((finetune_config(tmp, "classification"), tmp / "teacher"))
+  return tmp
+
+
+def classification_student(tmp, **overrides):
+  from test_finetune import finetune_config  # noqa: E402
+  c = finetune_config(tmp, "classification", **overrides)
+  c.task = "distill_classification"
+  c.model.num_layers = 1  # half the teacher's depth, its width
+  c.train.update(num_steps=60, eval_every=60, checkpoint_every=60)
+  c.distill.update(teacher_workdir=str(tmp / "teacher"), alpha=1.0, temperature=2.0)
+  return c
+
+
+def test_a_smaller_classifier_learns_the_teachers_decisions(classifier, tmp_path):
+  """alpha = 1: the student never sees a label, yet scores like the teacher through the base task's metrics."""
+  before = load_saved_state(classifier / "teacher" / "checkpoints")["params"]
+  final, = run_jobs((classification_student(classifier), tmp_path / "student"))
+  assert final["accuracy"] >= 0.9 and final["f1"] >= 0.9 and "mcc" in final, final
+  assert np.isfinite(final["teacher_kl"])
+  assert {"kd_loss", "ce_loss", "accuracy"} <= set(train_rows(tmp_path / "student")[0])
+  after = load_saved_state(classifier / "teacher" / "checkpoints")["params"]
+  for x, y in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_classifier_teacher_with_other_classes_fails_in_one_line(classifier, tmp_path):
+  config = classification_student(classifier, **{"finetune.labels": "neg,pos,neutral"})
+  with pytest.raises(ConfigError) as e:
+    train.train_and_evaluate(config, tmp_path)
+  message = str(e.value)
+  assert "\n" not in message and "config.distill.teacher_workdir" in message and "2 classes, the student 3" in message
+
+
+def test_a_regression_student_is_refused_in_one_line():
+  config = bert_tiny.get_config()
+  config.task = "distill_classification"
+  config.finetune.update(train_file="t.tsv", eval_file="e.tsv", regression=True)
+  config.distill.teacher_workdir = "unused"
+  with pytest.raises(ConfigError, match="finetune.regression"):
+    validate(config)
+
+
 if __name__ == "__main__":  # the subprocess of run_jobs
   jax.config.update("jax_compilation_cache_dir", sys.argv[2])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

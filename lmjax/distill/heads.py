@@ -79,4 +79,35 @@ class MlmHeads:
     return sum(aux.values()), aux, masked
 
 
-HEADS = {"causal_lm": CausalLmHeads, "mlm": MlmHeads}
+class ClassificationHeads:
+  """Class logits [B, C] of the pooled [CLS] vector on the labelled rows: the teacher's decision per example is all
+  a classifier has to pass on (regression students are refused in config validation: one output has no
+  distribution to match)."""
+
+  @staticmethod
+  def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
+    return _apply(model, params, (batch["inputs"], batch["token_types"], batch["segment_ids"]), {},
+                  deterministic=deterministic, rng=rng, record=record)
+
+  @staticmethod
+  def heads(outputs, batch, config: ml_collections.ConfigDict) -> Heads:
+    del config
+    weights_B = (batch["labels"] >= 0).astype(jnp.float32)
+    if "index" in batch:  # eval batches: rows that only pad the last batch (index -1) count for nothing
+      weights_B = weights_B * (batch["index"] >= 0)
+    return {"cls": (outputs, weights_B)}
+
+  @staticmethod
+  def hard_loss(outputs, batch, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """As in tasks/classification.py: the cross-entropy mean over labelled rows, with its accuracy."""
+    del config
+    known_B = batch["labels"] >= 0
+    target_B = jnp.where(known_B, batch["labels"], 0)
+    weight_B = known_B.astype(jnp.float32)
+    n = jnp.maximum(weight_B.sum(), 1.0)
+    nll_B = optax.softmax_cross_entropy_with_integer_labels(outputs, target_B)
+    correct_B = (outputs.argmax(-1) == target_B).astype(jnp.float32)
+    return (nll_B * weight_B).sum() / n, {"accuracy": (correct_B * weight_B).sum() / n}, weight_B.sum()
+
+
+HEADS = {"causal_lm": CausalLmHeads, "mlm": MlmHeads, "classification": ClassificationHeads}

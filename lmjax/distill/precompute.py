@@ -28,11 +28,6 @@ from lmjax.distill import offline
 from lmjax.distill.heads import HEADS
 from lmjax.distill.teacher import check_tokenizer, open_teacher, restore_params
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The student's config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir (tokenizer and prepared data).")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 0, "Batches to precompute; 0: train.num_steps.")
-
-
 def precompute(config: ml_collections.ConfigDict, workdir: str | Path, num_batches: int = 0) -> Path:
   """Writes config.distill.offline_logits_dir (complete or not at all) and returns it."""
   from lmjax import train  # pylint: disable=import-outside-toplevel
@@ -103,5 +98,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined only when run as a program: tests import `precompute` beside other CLIs that also define --config.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "The student's config file.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir (tokenizer and prepared data).")
+  _NUM_BATCHES = flags.DEFINE_integer("num_batches", 0, "Batches to precompute; 0: train.num_steps.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=parse_flags)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging as std_logging
+import types
 from typing import Any
 
 import jax
@@ -64,9 +65,17 @@ def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
     if teacher_layer >= t.model.num_layers or t.model.name not in ("gpt", "bert"):
       _fail("layer_pairs", k.layer_pairs, f"teacher block {teacher_layer} does not exist: the teacher is a "
             f"{t.model.num_layers}-layer {t.model.name!r} model")
-  task = base_class.create(t, run.tokenizer.vocab_size)
+  step = k.teacher_step or steps[-1]
+  data = {}
+  if base == "classification":
+    if t.finetune.regression:
+      _fail("teacher_workdir", k.teacher_workdir, "the teacher is a regression model (finetune.regression=True) with "
+            "no class distribution to distil; give a classification run")
+    # Its class count is in its checkpoint: a run that read its labels from the data has no finetune.labels.
+    data["data"] = types.SimpleNamespace(num_outputs=_saved_shapes(run, step)["['classifier']['kernel']"][-1])
+  task = base_class.create(t, run.tokenizer.vocab_size, **data)
   abstract, axes = abstract_params(task.model, task.init_args(t))
-  return Teacher(run, k.teacher_step or steps[-1], task.model, abstract, axes)
+  return Teacher(run, step, task.model, abstract, axes)
 
 
 def check_tokenizer(config: ml_collections.ConfigDict, teacher: Teacher, tokenizer: Any) -> None:
@@ -91,13 +100,23 @@ def _quiet_orbax():
     logger.setLevel(previous)
 
 
+def _state_path(run: SavedRun, step: int) -> Any:
+  return (run.workdir / "checkpoints" / str(step) / "state").absolute()  # Orbax wants absolute paths
+
+
+def _saved_shapes(run: SavedRun, step: int) -> dict[str, tuple[int, ...]]:
+  """{keystr path: shape} of the parameters in a checkpoint, read from its metadata (no array is loaded)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+    saved = reader.metadata(_state_path(run, step)).item_metadata["params"]
+  return {jax.tree_util.keystr(p): m.shape for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+
+
 def restore_params(teacher: Teacher, shardings: Any) -> Any:
   """The teacher's parameters at its step, each array restored directly into its sharding."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  path = (teacher.run.workdir / "checkpoints" / str(teacher.step) / "state").absolute()  # Orbax wants absolute
-  with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
-    saved = reader.metadata(path).item_metadata["params"]
-  flat_saved = {jax.tree_util.keystr(p): m.shape for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  path = _state_path(teacher.run, teacher.step)
+  flat_saved = _saved_shapes(teacher.run, teacher.step)
   for p, want in jax.tree_util.tree_flatten_with_path(teacher.abstract)[0]:
     name = jax.tree_util.keystr(p)
     if flat_saved.get(name) != want.shape:

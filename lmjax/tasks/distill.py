@@ -4,8 +4,9 @@
            + distill.hidden_weight * MSE(student hidden @ W, teacher hidden)   (at distill.layer_pairs)
            + distill.attention_weight * KL(teacher attention || student attention)
 
-The task wraps a base objective (task='distill_lm': causal_lm; 'distill_mlm': mlm) and distils every logits head
-its model produces (lmjax/distill/heads.py): next-token logits, or masked-LM plus next-sentence logits. Each term is
+The task wraps a base objective (task='distill_lm': causal_lm; 'distill_mlm': mlm; 'distill_classification':
+classification) and distils every logits head its model produces (lmjax/distill/heads.py): next-token logits,
+masked-LM plus next-sentence logits, or class logits. Each term is
 a mean over the positions the base loss averages over, so gradient accumulation behaves as for the base task.
 Data, batches and eval metrics are the base task's; eval adds `teacher_kl`, KL(teacher || student) at T = 1.
 
@@ -37,9 +38,10 @@ from lmjax.distill.student import PROJECTION, StudentWithProjections, layer_inte
 from lmjax.distill.teacher import Teacher, check_tokenizer, open_teacher, restore_params
 from lmjax.tasks.base import Batch
 from lmjax.tasks.causal_lm import CausalLmTask
+from lmjax.tasks.classification import ClassificationTask
 from lmjax.tasks.mlm import MlmTask
 
-BASE_TASKS = {"causal_lm": CausalLmTask, "mlm": MlmTask}
+BASE_TASKS = {"causal_lm": CausalLmTask, "mlm": MlmTask, "classification": ClassificationTask}
 _EVAL_KEYS = ("teacher_kl_sum", "teacher_kl_weight")
 
 
@@ -62,6 +64,12 @@ class DistillData:
 
   def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
     return self.base.eval_sets(process_index, process_count)
+
+  @property
+  def score(self):
+    """The base data's metrics from predictions (a classifier's F1, MCC); AttributeError where it has none, so the
+    trainer then scores nothing, as for the base task."""
+    return self.base.score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +108,11 @@ class DistillTask:
       raise ConfigError(f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}: the teacher has "
                         f"{teacher.run.tokenizer.vocab_size} tokens, the student {vocab_size}; they must share one "
                         f"tokenizer")
+    classes = getattr(base.model, "num_outputs", None)
+    if teacher is not None and classes is not None and teacher.model.num_outputs != classes:
+      raise ConfigError(f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}: the teacher has "
+                        f"{teacher.model.num_outputs} classes, the student {classes}; give a teacher trained on the "
+                        f"same label set (finetune.labels)")
     model = base.model
     widths = tuple((config.model.d_model, teacher.config.model.d_model)
                    for _ in parse_layer_pairs(config.distill.layer_pairs)) if teacher is not None else ()
@@ -119,6 +132,11 @@ class DistillTask:
         shapes[offline.batch_key(head, "values")] = jax.ShapeDtypeStruct(shape, jnp.float16)
         shapes[offline.batch_key(head, "indices")] = jax.ShapeDtypeStruct(shape, jnp.dtype(info["index_dtype"]))
     return shapes
+
+  @property
+  def param_groups(self):
+    """The base task's groups (finetune.freeze_layers, head_lr_multiplier); AttributeError where it has none."""
+    return self.base.param_groups
 
   # --- the trainer's frozen-parameter hooks (tasks/base.py) -------------------------------------------------------
 
@@ -239,6 +257,14 @@ class DistillTask:
       sums["teacher_kl_weight"] = weights.sum().astype(jnp.float32)
     return sums
 
+  @property
+  def predict(self):
+    """The base task's per-example predictions (params, batch, frozen=None), so `data.score` reports its metrics
+    (accuracy, F1, MCC) for the student; AttributeError where the base task has no `predict`, so the trainer then
+    builds no predict step. The teacher's parameters, which the step passes on, play no part in them."""
+    base_predict = self.base.predict
+    return lambda params, batch, frozen=None: base_predict(params, batch)
+
   def summarize(self, sums: dict[str, float]) -> dict[str, float]:
     out = self.base.summarize({key: v for key, v in sums.items() if key not in _EVAL_KEYS})
     if "teacher_kl_weight" in sums:
@@ -256,5 +282,11 @@ class DistillMlmTask(DistillTask):
   generates_text: ClassVar[bool] = False
 
 
-DISTILL_TASK_CLASSES = {"distill_lm": DistillLmTask, "distill_mlm": DistillMlmTask}
+class DistillClassificationTask(DistillTask):
+  base_name: ClassVar[str] = "classification"
+  generates_text: ClassVar[bool] = False
+
+
+DISTILL_TASK_CLASSES = {"distill_lm": DistillLmTask, "distill_mlm": DistillMlmTask,
+                        "distill_classification": DistillClassificationTask}
 assert set(DISTILL_TASK_CLASSES) == set(DISTILL_TASKS)
