@@ -22,7 +22,7 @@ class RunError(ValueError):
 
 
 @contextlib.contextmanager
-def _quiet_orbax():
+def quiet_orbax():
   """Orbax logs several lines per restore; callers report what they restored themselves."""
   logger = std_logging.getLogger("absl")
   previous = logger.level
@@ -52,12 +52,12 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     raise RunError(f"{workdir}: no checkpoint at step {step} (steps: {', '.join(map(str, steps))})")
   path = (workdir / "checkpoints" / str(step) / "state").resolve()  # orbax reads no metadata from relative paths
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+  with quiet_orbax(), ocp.StandardCheckpointer() as reader:
     metadata = reader.metadata(path).item_metadata
   target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                              metadata["params"])}
   restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
-  with _quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
+  with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
     restored = reader.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                                   partial_restore=True))
   return restored["params"], step

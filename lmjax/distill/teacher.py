@@ -8,9 +8,7 @@ workdir each time the student's run starts or resumes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging as std_logging
 import types
 from typing import Any
 
@@ -19,7 +17,7 @@ import ml_collections
 
 from lmjax.config import DISTILL_TASKS, ConfigError, parse_layer_pairs
 from lmjax.distill.student import abstract_params
-from lmjax.saved_run import RunError, SavedRun, open_run
+from lmjax.saved_run import RunError, SavedRun, open_run, quiet_orbax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +87,6 @@ def check_tokenizer(config: ml_collections.ConfigDict, teacher: Teacher, tokeniz
         f"tokenizer settings and training data (or copy its tokenizer/ directory into this workdir)")
 
 
-@contextlib.contextmanager
-def _quiet_orbax():
-  logger = std_logging.getLogger("absl")
-  previous = logger.level
-  logger.setLevel(std_logging.ERROR)
-  try:
-    yield
-  finally:
-    logger.setLevel(previous)
-
-
 def _state_path(run: SavedRun, step: int) -> Any:
   return (run.workdir / "checkpoints" / str(step) / "state").absolute()  # Orbax wants absolute paths
 
@@ -107,7 +94,7 @@ def _state_path(run: SavedRun, step: int) -> Any:
 def _saved_shapes(run: SavedRun, step: int) -> dict[str, tuple[int, ...]]:
   """{keystr path: shape} of the parameters in a checkpoint, read from its metadata (no array is loaded)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+  with quiet_orbax(), ocp.StandardCheckpointer() as reader:
     saved = reader.metadata(_state_path(run, step)).item_metadata["params"]
   return {jax.tree_util.keystr(p): m.shape for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
 
@@ -126,7 +113,7 @@ def restore_params(teacher: Teacher, shardings: Any) -> Any:
   target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), teacher.abstract,
                                   shardings)
   restore_args = jax.tree_util.tree_map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
-  with _quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
+  with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
     restored = reader.restore(path, args=ocp.args.PyTreeRestore(item={"params": target},
                                                                   restore_args={"params": restore_args},
                                                                   partial_restore=True))
