@@ -8,6 +8,7 @@ line naming the config fields that differ.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def copy_tokenizer(run: SavedRun, workdir: Path) -> None:
   """The pretraining run's tokenizer becomes this run's, so token ids mean the same in both."""
   target = workdir / "tokenizer"
   if not target.exists():
-    tmp = workdir / f".tokenizer.tmp{np.random.randint(1 << 30)}"
+    tmp = workdir / f".tokenizer.tmp{os.getpid()}"
     shutil.copytree(run.workdir / "tokenizer", tmp)
     tmp.rename(target)
 

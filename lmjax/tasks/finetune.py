@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import linen as nn
 
 from lmjax.data import example_arrays
@@ -104,6 +103,3 @@ class EncoderTask:
       return "body"
     return jax.tree_util.tree_map_with_path(group, params)
 
-
-def gather(arrays: Arrays, index_N: np.ndarray) -> Arrays:
-  return {k: v[index_N] for k, v in arrays.items()}
