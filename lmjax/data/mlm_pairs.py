@@ -150,7 +150,7 @@ def tokenize_sentences(data_cfg: ml_collections.ConfigDict, split: str, tokenize
 
 @dataclasses.dataclass(frozen=True)
 class MlmSettings:
-  """How examples are built; from config.data.seq_len and config.mlm (see lmjax/config.py)."""
+  """How examples are built; from config.data.seq_len and config.mlm (see lmjax/tasks/mlm.py)."""
   seq_len: int
   vocab_size: int
   mask_prob: float = 0.15

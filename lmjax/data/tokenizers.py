@@ -15,17 +15,18 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import ml_collections
 import numpy as np
 import sentencepiece as spm
+
+from lmjax import config as config_lib
+from lmjax.registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>", "<sep>", "<cls>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID, SEP_ID, CLS_ID = range(7)
 NUM_SPECIAL = len(SPECIAL_TOKENS)
-TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
-# Imported with a Hugging Face checkpoint (lmjax.hf.tokenizers), never trained here: loaded from a workdir only.
-HF_TOKENIZER_KINDS = ("hf_bpe", "hf_wordpiece")
 
 CONFIG_FILE = "tokenizer.json"
 SP_MODEL_FILE = "spm.model"
@@ -39,7 +40,7 @@ _SP_MAX_SENTENCE = 8192
 IdsLike = np.ndarray | Iterable[int]
 
 
-def _utf8_char_counts(byte_values: np.ndarray) -> np.ndarray:
+def utf8_char_counts(byte_values: np.ndarray) -> np.ndarray:
   """1 for bytes that start a UTF-8 character, 0 for continuation bytes (0b10xxxxxx).
 
   Counting a character at its lead byte makes per-token character counts sum exactly even when
@@ -63,10 +64,31 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class Tokenizer(abc.ABC):
-  """Maps str <-> int32 ids; ids 0..NUM_SPECIAL-1 are SPECIAL_TOKENS in every implementation."""
+  """Maps str <-> int32 ids; ids 0..NUM_SPECIAL-1 are SPECIAL_TOKENS in every implementation.
+
+  A kind registers its class with `@TOKENIZERS.register(kind)`; `train` builds one from texts (kinds that come
+  with an imported checkpoint are not `trainable` and only load from a workdir) and `from_saved` is the inverse of
+  `save`.
+  """
 
   kind: str
   vocab_size: int
+  trainable: ClassVar[bool] = True
+  vocab_map: Any = None  # an imported checkpoint's id layout (lmjax.hf.vocab.VocabMap); None for lmjax's own kinds
+
+  @classmethod
+  def validate(cls, cfg: ml_collections.ConfigDict) -> None:
+    """Checks tokenizer.* for this kind."""
+    del cfg
+
+  @classmethod
+  def train(cls, kind: str, texts: Callable[[], Iterable[str]], vocab_size: int, max_chars: int) -> "Tokenizer":
+    raise NotImplementedError(f"tokenizer.kind={kind!r} is not trained here")
+
+  @classmethod
+  @abc.abstractmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "Tokenizer":
+    """The tokenizer `save` wrote into directory (config: its tokenizer.json)."""
 
   pad_id = property(lambda self: PAD_ID)
   bos_id = property(lambda self: BOS_ID)
@@ -121,11 +143,20 @@ class Tokenizer(abc.ABC):
     return ids[(ids >= NUM_SPECIAL) & (ids < self.vocab_size)]
 
 
+@TOKENIZERS.register("byte")
 class ByteTokenizer(Tokenizer):
   """UTF-8 bytes shifted past the specials: lossless for any str, no training."""
 
   kind = "byte"
   vocab_size = NUM_SPECIAL + 256
+
+  @classmethod
+  def train(cls, kind, texts, vocab_size, max_chars) -> "ByteTokenizer":
+    return cls()
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "ByteTokenizer":
+    return cls()
 
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + NUM_SPECIAL
@@ -141,17 +172,33 @@ class ByteTokenizer(Tokenizer):
 
   def token_char_lengths(self) -> np.ndarray:
     lengths = np.zeros(self.vocab_size, np.float32)
-    lengths[NUM_SPECIAL:] = _utf8_char_counts(np.arange(256, dtype=np.uint8))
+    lengths[NUM_SPECIAL:] = utf8_char_counts(np.arange(256, dtype=np.uint8))
     return lengths
 
   def _state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
     return {}, {}
 
 
+@TOKENIZERS.register("char")
 class CharTokenizer(Tokenizer):
   """One id per character seen in training (sorted by code point); unseen characters map to <unk>."""
 
   kind = "char"
+
+  @classmethod
+  def train(cls, kind, texts, vocab_size, max_chars) -> "CharTokenizer":
+    chars: set[str] = set()
+    budget = max_chars
+    for text in texts():
+      chars.update(text[:budget])
+      budget -= len(text)
+      if budget <= 0:
+        break
+    return cls(chars)
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "CharTokenizer":
+    return cls(config["chars"])
 
   def __init__(self, chars: Iterable[str]):
     self.chars = "".join(sorted(set(chars)))
@@ -183,8 +230,24 @@ class CharTokenizer(Tokenizer):
     return {"chars": self.chars}, {}
 
 
+@TOKENIZERS.register("bpe")
+@TOKENIZERS.register("unigram")
 class SentencePieceTokenizer(Tokenizer):
   """A trained SentencePiece model (BPE or unigram) whose first ids are laid out as SPECIAL_TOKENS."""
+
+  @classmethod
+  def validate(cls, cfg: ml_collections.ConfigDict) -> None:
+    if cfg.tokenizer.vocab_size < 16:
+      config_lib.fail("tokenizer.vocab_size", cfg.tokenizer.vocab_size, f"tokenizer.kind={cfg.tokenizer.kind!r} "
+                      f"trains a SentencePiece model: set a vocabulary size >= 16, e.g. 4096")
+
+  @classmethod
+  def train(cls, kind, texts, vocab_size, max_chars) -> "SentencePieceTokenizer":
+    return _train_sentencepiece(kind, texts(), vocab_size, max_chars)
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "SentencePieceTokenizer":
+    return cls(config["kind"], (directory / config["model_file"]).read_bytes(), config["requested_vocab_size"])
 
   def __init__(self, kind: str, model_proto: bytes, requested_vocab_size: int):
     self.kind = kind
@@ -225,7 +288,7 @@ class SentencePieceTokenizer(Tokenizer):
     return np.array([len(b) for b in self._piece_bytes()], np.float32)
 
   def token_char_lengths(self) -> np.ndarray:
-    return np.array([_utf8_char_counts(np.frombuffer(b, np.uint8)).sum() for b in self._piece_bytes()], np.float32)
+    return np.array([utf8_char_counts(np.frombuffer(b, np.uint8)).sum() for b in self._piece_bytes()], np.float32)
 
   def _state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
     return {"requested_vocab_size": self.requested_vocab_size, "model_file": SP_MODEL_FILE}, {SP_MODEL_FILE: self._proto}
@@ -295,17 +358,9 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
   directory = Path(directory)
   config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
   kind = config["kind"]
-  if kind == "byte":
-    return ByteTokenizer()
-  if kind == "char":
-    return CharTokenizer(config["chars"])
-  if kind in ("bpe", "unigram"):
-    proto = (directory / config["model_file"]).read_bytes()
-    return SentencePieceTokenizer(kind, proto, config["requested_vocab_size"])
-  if kind in HF_TOKENIZER_KINDS:
-    from lmjax.hf.tokenizers import load_hf_tokenizer  # pylint: disable=import-outside-toplevel
-    return load_hf_tokenizer(directory, config)
-  raise ValueError(f"{directory / CONFIG_FILE}: unknown tokenizer kind {kind!r}")
+  if kind not in TOKENIZERS:
+    raise ValueError(f"{directory / CONFIG_FILE}: unknown tokenizer kind {kind!r}")
+  return TOKENIZERS.get(kind).from_saved(directory, config)
 
 
 def _cached(kind: str, directory: Path, vocab_size: int) -> Tokenizer | None:
@@ -315,7 +370,7 @@ def _cached(kind: str, directory: Path, vocab_size: int) -> Tokenizer | None:
     return None
   if config.get("kind") != kind:
     return None
-  if kind in ("bpe", "unigram") and config.get("requested_vocab_size") != vocab_size:
+  if "requested_vocab_size" in config and config["requested_vocab_size"] != vocab_size:
     return None
   return load_tokenizer(directory)
 
@@ -327,26 +382,19 @@ def build_tokenizer(kind: str, texts: Callable[[], Iterable[str]], directory: st
   `vocab_size` (total, specials included) only applies to bpe/unigram; training reads at most
   `max_training_chars` characters of texts().
   """
-  if kind not in TOKENIZER_KINDS + HF_TOKENIZER_KINDS:
+  if kind not in TOKENIZERS:
     raise ValueError(f"tokenizer.kind={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
   directory = Path(directory)
   if (tok := _cached(kind, directory, vocab_size)) is not None:
     return tok
-  if kind in HF_TOKENIZER_KINDS:
+  if not TOKENIZERS.get(kind).trainable:
     raise ValueError(f"tokenizer.kind={kind!r} comes with a Hugging Face checkpoint and {directory} has none: create "
-                     f"the workdir with `python -m lmjax.hf.import_checkpoint`, or choose one of char, byte, bpe, unigram")
-  if kind == "byte":
-    tok = ByteTokenizer()
-  elif kind == "char":
-    chars: set[str] = set()
-    budget = max_training_chars
-    for text in texts():
-      chars.update(text[:budget])
-      budget -= len(text)
-      if budget <= 0:
-        break
-    tok = CharTokenizer(chars)
-  else:
-    tok = _train_sentencepiece(kind, texts(), vocab_size, max_training_chars)
+                     f"the workdir with `python -m lmjax.hf.import_checkpoint`, or choose one of "
+                     f"{', '.join(TOKENIZER_KINDS)}")
+  tok = TOKENIZERS.get(kind).train(kind, texts, vocab_size, max_training_chars)
   tok.save(directory)
   return tok
+
+
+# The kinds lmjax trains itself (imported kinds register from lmjax/hf/tokenizers.py).
+TOKENIZER_KINDS = tuple(name for name, entry in TOKENIZERS.items() if entry.trainable)

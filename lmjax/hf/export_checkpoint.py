@@ -71,7 +71,7 @@ def export_run(workdir: str | Path, out_dir: str | Path, step: int | None = None
   params, step = run.load_params(step)
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
   tokenizer = run.tokenizer
-  vocab = getattr(tokenizer, "vocab_map", None) or VocabMap.identity(tokenizer.vocab_size)
+  vocab = tokenizer.vocab_map or VocabMap.identity(tokenizer.vocab_size)
   fields = model.to_dict()
   weights = arch.convert.export_params(params, fields, vocab)
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from lmjax.data.tokenizers import NUM_SPECIAL, IdsLike, Tokenizer, _utf8_char_counts
+from lmjax.data.tokenizers import NUM_SPECIAL, IdsLike, Tokenizer, utf8_char_counts
 from lmjax.hf.files import HfError, read_json
 from lmjax.hf.vocab import VocabMap, build_vocab_map
+from lmjax.registry import TOKENIZERS
 
 # GPT-2's pre-tokenization: contractions, runs of letters, of digits, of other symbols (each with one optional
 # leading space), and whitespace, where a whitespace run before a word leaves its last space to that word.
@@ -44,10 +45,16 @@ def _byte_to_unicode() -> dict[int, str]:
   return table
 
 
+@TOKENIZERS.register("hf_bpe")
 class HfBpeTokenizer(Tokenizer):
   """GPT-2 byte-level BPE: regex pre-tokenization, bytes as printable characters, merges applied by rank."""
 
   kind = "hf_bpe"
+  trainable = False
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "HfBpeTokenizer":
+    return load_hf_tokenizer(directory, config)
 
   def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], vocab_map: VocabMap,
                special_tokens: dict[str, str]):
@@ -125,7 +132,7 @@ class HfBpeTokenizer(Tokenizer):
     return np.array([len(b) for b in self._all_piece_bytes()], np.float32)
 
   def token_char_lengths(self) -> np.ndarray:
-    return np.array([_utf8_char_counts(np.frombuffer(b, np.uint8)).sum() for b in self._all_piece_bytes()],
+    return np.array([utf8_char_counts(np.frombuffer(b, np.uint8)).sum() for b in self._all_piece_bytes()],
                     np.float32)
 
   def _state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -153,12 +160,18 @@ def _is_cjk(cp: int) -> bool:
           or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
+@TOKENIZERS.register("hf_wordpiece")
 class HfWordPieceTokenizer(Tokenizer):
   """BERT's WordPiece: BertTokenizer's basic tokenization (clean-up, CJK split, accent stripping, lowercasing,
   whitespace and punctuation split), then greedy longest-match pieces with '##' continuations. Lossy: decode
   gives the pieces joined by spaces, so byte and character lengths count each piece's own text."""
 
   kind = "hf_wordpiece"
+  trainable = False
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "HfWordPieceTokenizer":
+    return load_hf_tokenizer(directory, config)
 
   def __init__(self, vocab: list[str], vocab_map: VocabMap, special_tokens: dict[str, str], do_lower_case: bool = True,
                strip_accents: bool | None = None, tokenize_chinese_chars: bool = True, max_chars_per_word: int = 100):
@@ -342,7 +355,7 @@ def read_wordpiece_tokenizer(hf_dir: Path, model_vocab_size: int) -> HfWordPiece
 
 
 def load_hf_tokenizer(directory: Path, config: dict[str, Any]) -> Tokenizer:
-  """The inverse of Tokenizer.save for the hf_* kinds (called by lmjax.data.tokenizers.load_tokenizer)."""
+  """The inverse of Tokenizer.save for the hf_* kinds (what lmjax.data.tokenizers.load_tokenizer calls for them)."""
   vocab_map = VocabMap.from_json(config["vocab_map"])
   if config["kind"] == "hf_bpe":
     vocab, merges = _read_bpe(directory)
