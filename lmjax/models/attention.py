@@ -3,7 +3,8 @@
 Two implementations of the same function, chosen by `model.attention_impl`:
   'xla'  the reference: two einsums and a float32 softmax, readable and differentiable everywhere;
   'jax'  jax.nn.dot_product_attention, which dispatches to cuDNN flash attention on GPU.
-Position biases (ALiBi, T5) always take the reference path, which adds them to the logits before the mask.
+Position biases (ALiBi, T5) always take the reference path, which adds them to the logits before the mask; rotary
+positions arrive as a `Rotation` of queries and keys (lmjax/models/positions/).
 
 Grouped-query attention (`model.num_kv_heads` < `model.num_heads`) shares each key/value head among G = H / K
 consecutive query heads: query head h = k * G + g reads key/value head k.
@@ -14,15 +15,17 @@ the token at position m), so a new token's bias or rotation needs no bookkeeping
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
 from lmjax.models.layers import Projection
-from lmjax.models.positional import apply_rope
+from lmjax.models.positions import Rotation, rotate
+
+
+IMPLEMENTATIONS = ("xla", "jax")  # model.attention_impl
 
 _MASKED = -1e30  # large but finite, so fully masked rows (padding) give a uniform softmax instead of NaN
 
@@ -132,7 +135,7 @@ class MultiHeadAttention(nn.Module):
   With one key/value head per query head, a single fused QKV projection (one matmul per layer); with fewer
   (grouped-query, multi-query), separate 'q' and 'kv' projections, since the two outputs differ in width.
   """
-  cfg: ModelConfig
+  cfg: Any  # a TransformerConfig (lmjax/models/stack.py), which imports this module
   out_std: float
 
   @property
@@ -143,9 +146,11 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array | None, deterministic: bool, *,
                positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None,
+               rotation: Rotation | None = None,
                cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-    """With a `cache`, the new keys and values are written at `positions_BL` and the queries attend to the cache up
-    to their own positions (`mask_B1LM` is unused; `bias_BHLM` spans the M slots); returns (output, updated cache)."""
+    """`rotation` turns queries and keys by their positions (RoPE). With a `cache`, the new keys and values are
+    written at `positions_BL` and the queries attend to the cache up to their own positions (`mask_B1LM` is unused;
+    `bias_BHLM` spans the M slots); returns (output, updated cache)."""
     cfg = self.cfg
     B, L, D = x_BLD.shape
     H, K, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -161,11 +166,7 @@ class MultiHeadAttention(nn.Module):
       q_BLHd = dense((H, d), "q")(x_ND).reshape(B, L, H, d)
       kv_BL2Kd = dense((2, K, d), "kv")(x_ND).reshape(B, L, 2, K, d)
       k_BLKd, v_BLKd = kv_BL2Kd[:, :, 0], kv_BL2Kd[:, :, 1]
-    if cfg.position == "rope":
-      if positions_BL is None:
-        positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-      q_BLHd = apply_rope(q_BLHd, positions_BL, cfg.rope_base)
-      k_BLKd = apply_rope(k_BLKd, positions_BL, cfg.rope_base)
+    q_BLHd, k_BLKd = rotate(q_BLHd, rotation), rotate(k_BLKd, rotation)
     q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
 
     use_dropout = not deterministic and cfg.attention_dropout > 0.0
@@ -192,3 +193,39 @@ class MultiHeadAttention(nn.Module):
                       cfg.param_dtype, name="out")(out_BLHd.reshape(B * L, H, d))
     y_BLD = nn.Dropout(cfg.dropout)(y_ND.reshape(B, L, D), deterministic=deterministic)
     return y_BLD if cache is None else (y_BLD, cache)
+
+
+class CrossAttention(nn.Module):
+  """Target queries over encoder keys/values (the encoder-decoder's second sublayer). Keys and values come as a
+  KVCache whose slots are source tokens ([B, K, S, d] each, from `keys_values`), so that decoding projects them
+  once per sentence instead of once per token. No position term: source and target positions are not comparable."""
+  cfg: Any  # a TransformerConfig (lmjax/models/stack.py), which imports this module
+  out_std: float
+
+  def setup(self):
+    cfg = self.cfg
+    self.q = Projection((cfg.num_heads, cfg.head_dim), ("embed",), ("heads", "kv"), cfg.init_std, cfg.use_bias,
+                        cfg.dtype, cfg.param_dtype)
+    self.kv = Projection((2, cfg.kv_heads, cfg.head_dim), ("embed",), (None, "heads", "kv"), cfg.init_std,
+                         cfg.use_bias, cfg.dtype, cfg.param_dtype)
+    self.out = Projection((cfg.d_model,), ("heads", "kv"), ("embed",), self.out_std, cfg.use_bias, cfg.dtype,
+                          cfg.param_dtype)
+    self.dropout = nn.Dropout(cfg.dropout)
+
+  def keys_values(self, enc_BSD: jax.Array) -> KVCache:
+    kv_BS2Kd = self.kv(enc_BSD)
+    to_BKSd = lambda x_BSKd: jnp.swapaxes(x_BSKd, 1, 2)
+    return KVCache(to_BKSd(kv_BS2Kd[:, :, 0]), to_BKSd(kv_BS2Kd[:, :, 1]))
+
+  def __call__(self, x_BLD: jax.Array, kv: KVCache, mask_B1LS: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    q_BLHd = self.q(x_BLD)
+    q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
+    if not deterministic and cfg.attention_dropout > 0.0:
+      to_BSKd = lambda x_BKSd: jnp.swapaxes(x_BKSd, 1, 2)
+      out_BLHd = reference_attention(q_BLHd, to_BSKd(kv.k_BKMd), to_BSKd(kv.v_BKMd), mask_B1LS,
+                                     self.make_rng("dropout"), cfg.attention_dropout)
+    else:
+      out_BLHd = cached_attention(q_BLHd, kv, mask_B1LS)  # the same softmax, read in the heads-first layout
+    y_BLD = self.out(out_BLHd)
+    return self.dropout(y_BLD, deterministic=deterministic)

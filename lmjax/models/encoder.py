@@ -1,7 +1,7 @@
 """The bidirectional Transformer encoder (BERT) and its pretraining heads.
 
-`Encoder` is the spine fine-tuning tasks reuse: token + position + token-type embeddings, then the same Blocks as
-the GPT decoder with a non-causal mask, so every token sees every other real token of its example. `Bert` adds
+`Encoder` is the spine fine-tuning tasks reuse: token + position + token-type embeddings, then the Transformer
+stack the GPT decoder uses, bidirectional, so every token sees every other real token of its example. `Bert` adds
 what pretraining needs: a pooler (dense + tanh on the [CLS] position), the masked-LM head (dense + activation +
 norm, then the tied embedding with an output bias) and the 2-way next-sentence head on the pooled output.
 Parameters live under 'encoder', 'pooler', 'mlm_head' and 'nsp_head', so a fine-tuning model that names its
@@ -13,20 +13,23 @@ encoder instead normalizes its output once at the end, as the decoder does.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, ClassVar
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
-from lmjax.models.attention import attention_mask
+from lmjax import config as config_lib
 from lmjax.models.layers import ACTIVATIONS, Norm, Projection, dtype_of, normal_init, zeros_init
-from lmjax.models.positional import AbsolutePositions, RelativePositionBias, alibi_bias
-from lmjax.models.transformer import Block, remat_block
+from lmjax.models.stack import TransformerConfig, TransformerStack
+from lmjax.registry import MODELS
 
 
 class Encoder(nn.Module):
   """[B, L] tokens -> [B, L, D] contextual vectors; a setup module, so parents can also call `attend`."""
-  cfg: ModelConfig
+  cfg: "BertConfig"
 
   def setup(self):
     cfg = self.cfg
@@ -36,46 +39,18 @@ class Encoder(nn.Module):
     self.token_types = nn.Embed(cfg.type_vocab_size, cfg.d_model, dtype=dtype_of(cfg.dtype),
                                 param_dtype=dtype_of(cfg.param_dtype),
                                 embedding_init=normal_init(cfg.init_std, None, "embed"))
-    self.positions = AbsolutePositions(cfg)
-    if cfg.position == "t5":
-      # One bucketed table for the whole stack; bidirectional buckets tell keys before and after the query apart.
-      self.relative_bias = RelativePositionBias(cfg, bidirectional=True)
-    if cfg.pre_norm:
-      self.ln_final = Norm(cfg)  # each block normalizes its inputs, so its output needs it once at the end
-    else:
-      self.ln_embed = Norm(cfg)  # each block normalizes its outputs, so the embedding sum needs it before the first
-    block = remat_block(Block, cfg.remat)
-    self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.stack = TransformerStack(cfg, causal=False, num_layers=cfg.num_layers)
+    nn.share_scope(self, self.stack)
 
   def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array | None = None,
                segment_ids_BL: jax.Array | None = None, positions_BL: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
     """`segment_ids_BL` is 0 at padding (which attends to and is seen by nothing) and equal within an example;
     `token_types_BL` says which segment (A = 0, B = 1) a token belongs to."""
-    cfg = self.cfg
-    B, L = tokens_BL.shape
-    if positions_BL is None:
-      positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     if token_types_BL is None:
       token_types_BL = jnp.zeros_like(tokens_BL)
-    x_BLD = self.embed(tokens_BL) + self.positions(positions_BL) + self.token_types(token_types_BL)
-    if not cfg.pre_norm:
-      x_BLD = self.ln_embed(x_BLD)
-    x_BLD = self.dropout(x_BLD, deterministic=deterministic)
-    x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
-
-    mask_B1LM = attention_mask(segment_ids_BL, causal=False, length=L)
-    bias_BHLM = None
-    if cfg.position == "alibi":
-      bias_BHLM = alibi_bias(positions_BL, cfg.num_heads)  # -slope * |q - k|: symmetric, so it suits both sides
-    elif cfg.position == "t5":
-      bias_BHLM = self.relative_bias(positions_BL)
-    for layer in self.layers:
-      x_BLD = layer(x_BLD, mask_B1LM, deterministic, positions_BL, bias_BHLM)
-    if cfg.pre_norm:
-      x_BLD = self.ln_final(x_BLD)
-    return x_BLD
+    return self.stack(self.embed(tokens_BL), positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
+                      deterministic=deterministic, added_BLD=self.token_types(token_types_BL))
 
   def attend(self, x_BLD: jax.Array) -> jax.Array:
     """x . embedding^T: logits over the vocabulary with the input embedding as output weights (tied)."""
@@ -84,7 +59,7 @@ class Encoder(nn.Module):
 
 class Pooler(nn.Module):
   """tanh(W x_[CLS] + b): one vector per example for sentence-level heads (NSP, classification)."""
-  cfg: ModelConfig
+  cfg: "BertConfig"
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
@@ -96,7 +71,7 @@ class Pooler(nn.Module):
 
 class MlmHead(nn.Module):
   """Masked-LM output: dense + activation + norm, then logits through the tied embedding plus a bias per token."""
-  cfg: ModelConfig
+  cfg: "BertConfig"
 
   @nn.compact
   def __call__(self, x_BPD: jax.Array, encoder: Encoder) -> jax.Array:
@@ -120,7 +95,7 @@ class Bert(nn.Module):
   MLM logits are computed only at `mlm_positions_BP` (the P predicted positions of each row, about 15% of L),
   since the vocabulary projection is the largest matmul of the model; without positions, at every position.
   """
-  cfg: ModelConfig
+  cfg: "BertConfig"
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array | None = None,
@@ -135,3 +110,17 @@ class Bert(nn.Module):
     nsp_logits_B2 = Projection((2,), ("embed",), (None,), self.cfg.init_std, True, self.cfg.dtype,
                                self.cfg.param_dtype, name="nsp_head")(pooled_BD)
     return {"mlm_logits": mlm_logits_BPV, "nsp_logits": nsp_logits_B2.astype(jnp.float32)}
+
+
+@MODELS.register("bert")
+@dataclasses.dataclass(frozen=True)
+class BertConfig(TransformerConfig):
+  type_vocab_size: int = 2  # token types (segment A / B) the encoder embeds
+
+  module: ClassVar[Any] = Bert
+  interface: ClassVar[str] = "encoder"
+  sows_layers: ClassVar[bool] = True
+
+  @classmethod
+  def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
+    config_lib.at_least(cfg, "model.type_vocab_size", 1)

@@ -11,14 +11,19 @@ the first hundreds of steps near the unigram loss; unit-scale embeddings (init_s
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
+from lmjax import config as config_lib
+from lmjax.models.base import ModelConfig
 from lmjax.models.layers import ACTIVATIONS, GATED_ACTIVATIONS, dtype_of, normal_init, zeros_init
+from lmjax.registry import MODELS
 
 
 def shifted_windows(x_BLD: jax.Array, segment_ids_BL: jax.Array, context: int) -> jax.Array:
@@ -41,7 +46,7 @@ class FlatDense(nn.Module):
   """x [N, K] @ kernel + bias, with the kernel stored in `kernel_shape` (e.g. [C, D, F]) so that each of its axes
   keeps a logical name, but applied as one [K, F] matrix: with two contracted axes XLA:CPU transposes
   activations (see layers.Mlp)."""
-  cfg: ModelConfig
+  cfg: "FfnnConfig"
   features: int
   axes: tuple[str | None, ...]
   kernel_shape: tuple[int, ...] | None = None
@@ -58,7 +63,7 @@ class FlatDense(nn.Module):
 
 class FeedForwardLm(nn.Module):
   """Returns float32 logits [B, L, V]; same call signature as the GPT Decoder."""
-  cfg: ModelConfig
+  cfg: "FfnnConfig"
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
@@ -89,3 +94,27 @@ class FeedForwardLm(nn.Module):
       logits_NV = FlatDense(cfg, cfg.vocab_size, ("mlp", "vocab"), name="lm_head")(h_NK)
     logits_BLV = nn.with_logical_constraint(logits_NV.reshape(B, L, -1), ("batch", "length", "vocab"))
     return logits_BLV.astype(jnp.float32)
+
+
+@MODELS.register("ffnn")
+@dataclasses.dataclass(frozen=True)
+class FfnnConfig(ModelConfig):
+  num_layers: int = 4
+  d_model: int = 128
+  mlp_dim: int = 512
+  activation: str = "gelu"
+  tie_embeddings: bool = True
+  ffnn_context: int = 8  # previous tokens the feed-forward LM sees (Bengio et al. 2003)
+
+  module: ClassVar[Any] = FeedForwardLm
+
+  @classmethod
+  def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
+    config_lib.at_least(cfg, "model.ffnn_context", 1)
+
+  @classmethod
+  def validate(cls, cfg: ml_collections.ConfigDict) -> None:
+    super().validate(cfg)
+    for field in ("num_layers", "d_model", "mlp_dim"):
+      config_lib.at_least(cfg, f"model.{field}", 1)
+    config_lib.one_of(cfg, "model.activation", (*ACTIVATIONS, *GATED_ACTIVATIONS))

@@ -11,20 +11,19 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
-from lmjax.models.encoder import Encoder, Pooler
+from lmjax.models.encoder import BertConfig, Encoder, Pooler
 from lmjax.models.layers import Projection
 
 PRETRAINED_SUBTREES = ("encoder", "pooler")
 
 
-def _head(cfg: ModelConfig, num_outputs: int, name: str) -> Projection:
+def _head(cfg: BertConfig, num_outputs: int, name: str) -> Projection:
   return Projection((num_outputs,), ("embed",), (None,), cfg.init_std, True, cfg.dtype, cfg.param_dtype, name=name)
 
 
 class SequenceClassifier(nn.Module):
   """[CLS] pooled vector -> dropout -> linear: [B, num_outputs] logits (num_outputs=1: a regression value)."""
-  cfg: ModelConfig
+  cfg: BertConfig
   num_outputs: int
 
   @nn.compact
@@ -38,7 +37,7 @@ class SequenceClassifier(nn.Module):
 
 class TokenClassifier(nn.Module):
   """Every position's vector -> dropout -> linear: [B, L, num_tags] logits (named-entity tagging)."""
-  cfg: ModelConfig
+  cfg: BertConfig
   num_tags: int
 
   @nn.compact
@@ -54,7 +53,7 @@ class SpanExtractor(nn.Module):
 
   Positions outside the example (segment id 0) get a large negative logit, so padding is never an answer.
   """
-  cfg: ModelConfig
+  cfg: BertConfig
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
+
+NORMS = ("layernorm", "rmsnorm")
 
 
 def dtype_of(name: str) -> jnp.dtype:
@@ -57,7 +58,7 @@ class Projection(nn.Module):
 
 class Norm(nn.Module):
   """LayerNorm or RMSNorm over the last axis, computed in float32 for stability."""
-  cfg: ModelConfig
+  cfg: Any  # a TransformerConfig (lmjax/models/stack.py), which imports this module
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
@@ -93,7 +94,7 @@ GATED_ACTIVATIONS = {
 
 class Mlp(nn.Module):
   """Position-wise feed-forward: D -> F -> D, or for gated activations two D -> F projections multiplied."""
-  cfg: ModelConfig
+  cfg: Any  # a TransformerConfig (lmjax/models/stack.py), which imports this module
   out_std: float
 
   @nn.compact

@@ -10,14 +10,19 @@ hundreds of steps near the unigram loss; unit-scale embeddings (init_std=1, PyTo
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
+from lmjax import config as config_lib
+from lmjax.models.base import ModelConfig
 from lmjax.models.layers import dtype_of, normal_init
+from lmjax.registry import MODELS
 
 
 def forget_bias_init(*axes: str | None):
@@ -31,7 +36,7 @@ def forget_bias_init(*axes: str | None):
 
 class LstmLayer(nn.Module):
   """One LSTM layer over [B, L, D]; `reset_LB` marks the steps whose carry starts from zero."""
-  cfg: ModelConfig
+  cfg: "LstmConfig"
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, reset_LB: jax.Array) -> jax.Array:
@@ -66,7 +71,7 @@ class LstmLayer(nn.Module):
 
 class LstmLm(nn.Module):
   """Returns float32 logits [B, L, V]; same call signature as the GPT Decoder."""
-  cfg: ModelConfig
+  cfg: "LstmConfig"
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
@@ -97,3 +102,19 @@ class LstmLm(nn.Module):
                                    name="lm_head")(x_BLD)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
     return logits_BLV.astype(jnp.float32)
+
+
+@MODELS.register("lstm")
+@dataclasses.dataclass(frozen=True)
+class LstmConfig(ModelConfig):
+  num_layers: int = 4
+  d_model: int = 128
+  tie_embeddings: bool = True
+
+  module: ClassVar[Any] = LstmLm
+
+  @classmethod
+  def validate(cls, cfg: ml_collections.ConfigDict) -> None:
+    super().validate(cfg)
+    for field in ("num_layers", "d_model"):
+      config_lib.at_least(cfg, f"model.{field}", 1)

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
+from typing import Any, ClassVar
 
 import ml_collections
 import numpy as np
 from absl import logging
 
+from lmjax import config as config_lib
 from lmjax import metrics as metrics_lib
-from lmjax import writers
 from lmjax.data import pipeline
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
+from lmjax.models.base import FitResult, ModelConfig
+from lmjax.registry import MODELS
 
 MIN_DISCOUNT, MAX_DISCOUNT = 0.05, 0.95
 
@@ -237,51 +239,52 @@ def sample(model: KneserNey, prompt: np.ndarray, num_new: int, temperature: floa
   return np.asarray(tokens)
 
 
-def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, tokenizer: Tokenizer,
-                     train_tokens: pipeline.TokenizedSplit,
-                     eval_tokens: pipeline.TokenizedSplit) -> dict[str, float]:
-  """Fits on the training split and scores the validation windows of train_and_evaluate; writes step 1."""
-  workdir, t, d = Path(workdir), config.train, config.data
-  start = time.perf_counter()
-  model = fit(train_tokens.tokens, train_tokens.doc_starts, tokenizer.vocab_size, config.model.ngram_order)
-  logging.info("Fitted a %d-gram Kneser-Ney model on %d tokens in %.1f s: %s distinct n-grams by order, "
-               "discounts %s.", model.order, train_tokens.num_tokens, time.perf_counter() - start,
-               [int(model.tables[m].keys.size) for m in range(1, model.order + 1)],
-               [round(model.tables[m].discount, 3) for m in range(1, model.order + 1)])
+class KneserNeyLm:
+  """The model a fit-only family builds: fitted in one pass over the training split, never by gradient steps."""
 
-  batch_size = t.eval_batch_size or t.batch_size
-  eval_batches = pipeline.make_eval_batches(eval_tokens, d.seq_len, batch_size, max_batches=t.eval_batches or None)
-  # Training loss on as many leading windows of the training split: how much of the fit is memorization.
-  train_batches = pipeline.make_eval_batches(train_tokens, d.seq_len, batch_size, max_batches=len(eval_batches))
-  lengths = tokenizer.token_byte_lengths(), tokenizer.token_char_lengths()
-  train_metrics = metrics_lib.language_model_summary(score(model, train_batches, *lengths))
-  eval_metrics = metrics_lib.language_model_summary(score(model, eval_batches, *lengths))
-  logging.info("eval step 1 | %s", " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items() if k != "tokens"))
+  def __init__(self, cfg: "NgramConfig"):
+    self.cfg = cfg
 
-  # Refitting is deterministic and cheap, so a rerun replaces the record instead of resuming it.
-  (workdir / "metrics.jsonl").unlink(missing_ok=True)
-  writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
-  try:
-    writer.write(1, "train", train_metrics)
-    writer.write(1, "eval", eval_metrics)
-  finally:
-    writer.close()
-  _write_samples(config, workdir, tokenizer, model)
-  return eval_metrics
+  def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, train_tokens: pipeline.TokenizedSplit,
+          eval_tokens: pipeline.TokenizedSplit) -> FitResult:
+    """Fits on the training split and scores the validation windows the trainer would score, and the same number
+    of leading training windows (how much of the fit is memorization); samples like the trainer's sampler."""
+    t, d = config.train, config.data
+    start = time.perf_counter()
+    model = fit(train_tokens.tokens, train_tokens.doc_starts, tokenizer.vocab_size, self.cfg.ngram_order)
+    logging.info("Fitted a %d-gram Kneser-Ney model on %d tokens in %.1f s: %s distinct n-grams by order, "
+                 "discounts %s.", model.order, train_tokens.num_tokens, time.perf_counter() - start,
+                 [int(model.tables[m].keys.size) for m in range(1, model.order + 1)],
+                 [round(model.tables[m].discount, 3) for m in range(1, model.order + 1)])
+    batch_size = t.eval_batch_size or t.batch_size
+    eval_batches = pipeline.make_eval_batches(eval_tokens, d.seq_len, batch_size, max_batches=t.eval_batches or None)
+    train_batches = pipeline.make_eval_batches(train_tokens, d.seq_len, batch_size, max_batches=len(eval_batches))
+    lengths = tokenizer.token_byte_lengths(), tokenizer.token_char_lengths()
+    metrics = {"train": metrics_lib.language_model_summary(score(model, train_batches, *lengths)),
+               "eval": metrics_lib.language_model_summary(score(model, eval_batches, *lengths))}
+    return FitResult(metrics, self._samples(config, tokenizer, model))
+
+  @staticmethod
+  def _samples(config: ml_collections.ConfigDict, tokenizer: Tokenizer, model: KneserNey) -> list[str]:
+    t = config.train
+    prompt = np.r_[BOS_ID, tokenizer.encode(t.sample_prompt)].astype(np.int64)
+    rng = np.random.default_rng(config.seed)
+    texts = []
+    for _ in range(t.num_samples):
+      new = sample(model, prompt, t.sample_length, t.sample_temperature, t.sample_top_k, rng)[prompt.shape[0]:]
+      new = new[new != EOS_ID]
+      texts.append(t.sample_prompt + tokenizer.decode(new))
+    return texts
 
 
-def _write_samples(config: ml_collections.ConfigDict, workdir: Path, tokenizer: Tokenizer, model: KneserNey) -> None:
-  t = config.train
-  if not t.num_samples:
-    return
-  prompt = np.r_[BOS_ID, tokenizer.encode(t.sample_prompt)].astype(np.int64)
-  rng = np.random.default_rng(config.seed)
-  texts = []
-  for _ in range(t.num_samples):
-    new = sample(model, prompt, t.sample_length, t.sample_temperature, t.sample_top_k, rng)[prompt.shape[0]:]
-    new = new[new != EOS_ID]
-    texts.append(t.sample_prompt + tokenizer.decode(new))
-  (workdir / "samples").mkdir(parents=True, exist_ok=True)
-  body = "".join(f"--- sample {i} (step 1) ---\n{text}\n\n" for i, text in enumerate(texts))
-  (workdir / "samples" / "step_000001.txt").write_text(body)
-  logging.info("sample:\n%s", texts[0])
+@MODELS.register("ngram")
+@dataclasses.dataclass(frozen=True)
+class NgramConfig(ModelConfig):
+  ngram_order: int = 5  # n of the Kneser-Ney n-gram model
+
+  module: ClassVar[Any] = KneserNeyLm
+  fit_only: ClassVar[bool] = True
+
+  @classmethod
+  def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
+    config_lib.at_least(cfg, "model.ngram_order", 1)

@@ -1,29 +1,30 @@
-"""Architectures by name: `model.name` in the config picks one."""
+"""Architectures by `model.name`: the registered config classes (lmjax/registry.py MODELS) and their models."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any
 
-from flax import linen as nn
+import ml_collections
 
-from lmjax.config import ModelConfig
-from lmjax.models.encoder import Bert
-from lmjax.models.ffnn import FeedForwardLm
-from lmjax.models.lstm import LstmLm
-from lmjax.models.seq2seq import EncoderDecoder
-from lmjax.models.transformer import Decoder
-
-# The count-based 'ngram' model has no parameters to train: lmjax.models.ngram fits it outside this registry.
-MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "gpt": Decoder,
-    "ffnn": FeedForwardLm,
-    "lstm": LstmLm,
-    "bert": Bert,
-    "encdec": EncoderDecoder,
-}
+from lmjax.models.base import ModelConfig
+from lmjax.registry import MODELS
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-  if cfg.name not in MODEL_REGISTRY:
-    raise ValueError(f"config.model.name={cfg.name!r} is unknown; choose one of {', '.join(MODEL_REGISTRY)}.")
-  return MODEL_REGISTRY[cfg.name](cfg)
+def family(name: str) -> type[ModelConfig]:
+  """The config class registered under model.name=`name`."""
+  return MODELS.get(name)
+
+
+def model_config(config: ml_collections.ConfigDict | None = None, vocab_size: int = 0, *, name: str = "gpt",
+                 **fields: Any) -> ModelConfig:
+  """The frozen config the model receives: from a run's config (its model section), or from flat fields named as
+  in the config section, for architecture `name` (`model_config(name="gpt", vocab_size=50, position="rope")`).
+  Either way, fields that belong to other architectures are ignored, and missing ones take their defaults."""
+  if config is not None:
+    return family(config.model.name).from_config(config.model, vocab_size)
+  chosen = family(name)
+  return chosen.from_config(ml_collections.ConfigDict({**chosen.section_fields(), **fields}), vocab_size)
+
+
+def build_model(cfg: ModelConfig) -> Any:
+  return cfg.build()

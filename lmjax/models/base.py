@@ -1,0 +1,108 @@
+"""What every architecture declares: its config dataclass, registered under `model.name`.
+
+A family is one frozen dataclass, subclassing `ModelConfig`, registered with `@MODELS.register(name)` next to its
+Flax module. Its dataclass fields are the `model.*` config fields it reads (their defaults are the config's
+defaults), `validate` checks them, and `build()` returns the module. Class attributes say what the architecture can
+do, so that tasks, decoding and validation ask the family instead of testing names:
+
+  interface    what it computes: 'next_token' (logits for the token after each position), 'encoder'
+               (contextual vectors of a whole sequence, plus pretraining heads), 'seq2seq' (target logits
+               given a source). Tasks declare which interface they train.
+  attention    a Transformer with heads and positions (the model.position / heads checks apply).
+  decodes      extends a sequence over a key/value cache (lmjax.decode drives `init_cache` / `extend`).
+  sows_layers  records per-layer hidden states and attention maps when asked (distillation).
+  fit_only     has no gradient training: fitted in one pass over the data (the n-gram model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import ml_collections
+
+from lmjax import config as config_lib
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """What a fit-only model reports instead of training: metrics by split (at step 1) and generated samples."""
+  metrics: dict[str, dict[str, float]]
+  samples: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The fields every architecture has. `vocab_size` comes from the tokenizer, not from the config."""
+  vocab_size: int = 0
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  init_std: float = 0.02
+  dropout: float = 0.0
+
+  module: ClassVar[Any] = None  # the Flax module class (or fitted model class) this config builds
+  interface: ClassVar[str] = "next_token"
+  attention: ClassVar[bool] = False
+  decodes: ClassVar[bool] = False
+  sows_layers: ClassVar[bool] = False
+  fit_only: ClassVar[bool] = False
+  registered_name: ClassVar[str] = ""
+
+  # --- the config section ---------------------------------------------------------------------------------------
+
+  @classmethod
+  def section_fields(cls) -> dict[str, Any]:
+    """{field: default} of the `model` section this family reads."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name != "vocab_size"}
+
+  @classmethod
+  def from_config(cls, section: ml_collections.ConfigDict, vocab_size: int) -> "ModelConfig":
+    """The frozen config from `config.model` (fields of other families are ignored)."""
+    return cls.from_fields(vocab_size=vocab_size, **{k: section[k] for k in cls.section_fields() if k in section})
+
+  @classmethod
+  def from_fields(cls, **fields: Any) -> "ModelConfig":
+    """From flat fields named as in the config section (what tests and converters write)."""
+    return cls(**fields)
+
+  def flat_fields(self) -> dict[str, Any]:
+    """The inverse of from_fields."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  def replace(self, **fields: Any) -> "ModelConfig":
+    return type(self).from_fields(**{**self.flat_fields(), **fields})
+
+  @classmethod
+  def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
+    """Range checks of the fields only this family declares; run on every config, chosen or not, so a bad value
+    never waits for the day it is used."""
+    del cfg
+
+  @classmethod
+  def validate(cls, cfg: ml_collections.ConfigDict) -> None:
+    """Checks config.model for this family (called only when model.name picks it)."""
+    config_lib.one_of(cfg, "model.dtype", DTYPES)
+    config_lib.one_of(cfg, "model.param_dtype", DTYPES)
+    config_lib.at_least(cfg, "model.init_std", 0.0, strict=True)
+    config_lib.in_unit_interval(cfg, "model.dropout")
+
+  @classmethod
+  def max_context(cls, section: ml_collections.ConfigDict) -> int | None:
+    """The longest sequence the model can place (a learned position table), or None when nothing limits it."""
+    del section
+    return None
+
+  # --- the model ----------------------------------------------------------------------------------------------------
+
+  @property
+  def name(self) -> str:
+    return self.registered_name
+
+  def build(self) -> Any:
+    return self.module(self)
+
+  def context_limit(self) -> int | None:
+    """max_context of this frozen config."""
+    return None
