@@ -1,15 +1,13 @@
 """Autoregressive decoding over a key/value cache: greedy, temperature, top-k and top-p sampling, and beam search.
 
-Every strategy drives a model through one small interface, `StepDecoder`, so that any architecture that can
-extend a sequence one token at a time plugs in by implementing it:
+Every strategy drives a model through one small interface, `StepDecoder`:
 
   prepare(params) -> params
       Done once per call, outside the token loop: whatever is fixed while decoding (weights cast to the compute
       dtype).
   init_cache(params, batch, length, encoder_inputs=None) -> cache
-      An empty cache for `length` positions per row. An encoder-decoder runs its encoder here and keeps the
-      encoder outputs (or each layer's cross-attention keys and values) in the cache; a decoder-only model takes no
-      encoder inputs.
+      An empty cache for `length` positions per row. An encoder-decoder runs its encoder here and keeps each
+      layer's cross-attention keys and values in the cache; a decoder-only model takes no encoder inputs.
   prefill(params, cache, tokens_BP, lengths_B) -> (logits_BV, cache)
       Runs a right-padded batch of prompts in one call (row b's prompt is tokens_BP[b, :lengths_B[b]], at
       positions 0..lengths_B[b]-1, at least one token: <bos>) and returns each row's logits for the token after
@@ -19,10 +17,14 @@ extend a sequence one token at a time plugs in by implementing it:
   max_len: int | None
       The longest sequence the model can place (learned absolute positions), or None when it has no such limit.
 
+`CachedDecoder` implements it for every architecture whose family declares `decodes` (lmjax/models/base.py): such a
+model has two methods, `start_cache(batch, length, encoder_inputs)` and `extend(tokens_BL, positions_BL, cache,
+logits_index_B)`, and the cache is whatever pytree the model keeps (one KVCache per layer for the GPT decoder,
+[B, K, M, d] keys and values with slot m holding position m, so biases and rotations always see the true absolute
+positions of cached keys).
+
 A cache is a pytree of arrays whose leading axis is the batch, so beam search can repeat rows into beams and
-reorder them without knowing what the cache holds. `DecoderOnlyStep` implements the interface for the GPT Decoder:
-its cache is one `KVCache` per layer, [B, K, M, d] keys and values with slot m holding position m, so biases and
-rotations always see the true absolute positions of cached keys.
+reorder them without knowing what the cache holds.
 
 Prompts of different lengths share a batch: each row continues from its own length, and its new tokens follow its
 prompt directly in the returned [B, P + N] array. A row that emits EOS stops there: the EOS is kept and every later
@@ -44,8 +46,6 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
-from lmjax.models.seq2seq import EncoderDecoder
-from lmjax.models.transformer import Decoder
 
 # Scores of impossible hypotheses: far below any real log-probability, yet finite so arithmetic stays NaN-free.
 NEG_INF = -1.0e9
@@ -64,14 +64,18 @@ class StepDecoder(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderOnlyStep:
-  """StepDecoder for lmjax.models.transformer.Decoder (GPT)."""
-  model: Decoder
+class CachedDecoder:
+  """StepDecoder for any model with `start_cache` and `extend` (families with `decodes`)."""
+  model: Any
 
   @property
   def max_len(self) -> int | None:
-    cfg = self.model.cfg
-    return cfg.max_len if cfg.position == "learned" else None
+    return self.model.cfg.context_limit()
+
+  @property
+  def takes_encoder_inputs(self) -> bool:
+    """Whether init_cache needs the source (an encoder-decoder translates its encoder inputs)."""
+    return self.model.cfg.interface == "seq2seq"
 
   def prepare(self, params: Any) -> Any:
     """Matrices in the compute dtype once, rather than a cast (a full read and write of every weight) per token."""
@@ -84,81 +88,26 @@ class DecoderOnlyStep:
     return jax.tree_util.tree_map_with_path(cast, params)
 
   def init_cache(self, params: Any, batch: int, length: int, encoder_inputs: Any = None) -> Any:
-    del params  # the cache's shape follows from the config alone
-    if encoder_inputs is not None:
-      raise ValueError("a decoder-only model takes no encoder inputs")
-    return self.model.init_cache(batch, length)
+    return self.model.apply({"params": params}, batch, length, encoder_inputs, method="start_cache")
 
   def prefill(self, params: Any, cache: Any, tokens_BP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, Any]:
     B, P = tokens_BP.shape
     positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
     # Padding after a shorter prompt is written to the cache too, but only into slots that row's own new tokens
     # overwrite before any query can see them (a query at position p sees slots 0..p).
-    logits_B1V, cache = self.model.apply({"params": params}, tokens_BP, positions_BL=positions_BP, cache=cache,
-                                         logits_index_B=lengths_B - 1)
+    logits_B1V, cache = self.model.apply({"params": params}, tokens_BP, positions_BP, cache, lengths_B - 1,
+                                         method="extend")
     return logits_B1V[:, 0], cache
 
   def step(self, params: Any, cache: Any, tokens_B: jax.Array, positions_B: jax.Array) -> tuple[jax.Array, Any]:
-    logits_B1V, cache = self.model.apply({"params": params}, tokens_B[:, None], positions_BL=positions_B[:, None],
-                                         cache=cache)
+    logits_B1V, cache = self.model.apply({"params": params}, tokens_B[:, None], positions_B[:, None], cache,
+                                         method="extend")
     return logits_B1V[:, 0], cache
 
 
-@dataclasses.dataclass(frozen=True)
-class EncoderDecoderStep:
-  """StepDecoder for lmjax.models.seq2seq.EncoderDecoder (translation, summarization).
-
-  `encoder_inputs` is {"tokens": [B, S] source ids, right-padded, "lengths": [B] real source tokens}. init_cache
-  runs the encoder once and keeps every decoder layer's cross-attention keys and values, so a step costs only the
-  decoder; the cache is {"self": one KVCache per layer, "cross": one KVCache per layer over the S source slots,
-  "source_segment_ids": [B, S]}, every leaf batch-first, so beam search reorders it like the decoder-only cache.
-  The target prompt is usually just <bos>.
-  """
-  model: EncoderDecoder
-
-  @property
-  def max_len(self) -> int | None:
-    cfg = self.model.cfg
-    return cfg.max_len if cfg.position == "learned" else None
-
-  def prepare(self, params: Any) -> Any:
-    return DecoderOnlyStep.prepare(self, params)  # the same casts: matrices to the compute dtype once
-
-  def init_cache(self, params: Any, batch: int, length: int, encoder_inputs: Any = None) -> Any:
-    if encoder_inputs is None:
-      raise ValueError("an encoder-decoder model needs encoder_inputs={'tokens': [B, S], 'lengths': [B]}")
-    source_BS = jnp.asarray(encoder_inputs["tokens"], jnp.int32)
-    if source_BS.shape[0] != batch:
-      raise ValueError(f"encoder_inputs has {source_BS.shape[0]} rows for a batch of {batch}")
-    segment_ids_BS = (jnp.arange(source_BS.shape[1]) < jnp.asarray(encoder_inputs["lengths"])[:, None])
-    segment_ids_BS = segment_ids_BS.astype(jnp.int32)
-    variables = {"params": params}
-    enc_BSD = self.model.apply(variables, source_BS, segment_ids_BS, method="encode")
-    cross = self.model.apply(variables, enc_BSD, method="cross_kv")
-    return {"self": self.model.init_cache(batch, length), "cross": cross, "source_segment_ids": segment_ids_BS}
-
-  def _decode(self, params, cache, tokens_BL, positions_BL, logits_index_B=None):
-    logits_B1V, self_cache = self.model.apply(
-        {"params": params}, tokens_BL, cache["cross"], cache["source_segment_ids"], positions_BL=positions_BL,
-        cache=cache["self"], logits_index_B=logits_index_B, method="decode")
-    return logits_B1V[:, 0], {**cache, "self": self_cache}
-
-  def prefill(self, params: Any, cache: Any, tokens_BP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, Any]:
-    B, P = tokens_BP.shape
-    positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-    return self._decode(params, cache, tokens_BP, positions_BP, lengths_B - 1)
-
-  def step(self, params: Any, cache: Any, tokens_B: jax.Array, positions_B: jax.Array) -> tuple[jax.Array, Any]:
-    return self._decode(params, cache, tokens_B[:, None], positions_B[:, None])
-
-
-def step_decoder(model: Any) -> StepDecoder | None:
+def step_decoder(model: Any) -> CachedDecoder | None:
   """The StepDecoder for a model, or None for one that cannot decode over a cache (use generate_without_cache)."""
-  if isinstance(model, Decoder):
-    return DecoderOnlyStep(model)
-  if isinstance(model, EncoderDecoder):
-    return EncoderDecoderStep(model)
-  return None
+  return CachedDecoder(model) if model.cfg.decodes else None
 
 
 def check_fits(decoder: StepDecoder, prompt_len: int, max_new_tokens: int) -> None:
