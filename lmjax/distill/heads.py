@@ -1,12 +1,14 @@
 """What is distilled for each base objective: how a model (student or teacher) runs on a batch, which of its
 logits are matched and at which positions, and the base task's own loss on the labels, from the same outputs.
 
-A new objective (sequence classification, say) becomes distillable by adding one class here: `run` its model,
-name its logits `heads` with their weights, and compute its `hard_loss`.
+A new objective becomes distillable by adding one class here: `run` its model, name its logits `heads` with their
+weights, and compute its `hard_loss`. Settings that shape the heads (mlm.nsp) are read once, by `from_config`, when
+the task is created.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -31,49 +33,54 @@ def _apply(model: Any, params: Any, args: tuple, kwargs: dict, *, deterministic:
 class CausalLmHeads:
   """Next-token logits [B, L, V] at every position the loss counts."""
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "CausalLmHeads":
+    del config
+    return cls()
+
   @staticmethod
   def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
     return _apply(model, params, (batch["inputs"],),
                   {"positions_BL": batch["positions"], "segment_ids_BL": batch["segment_ids"]},
                   deterministic=deterministic, rng=rng, record=record)
 
-  @staticmethod
-  def heads(outputs, batch, config: ml_collections.ConfigDict) -> Heads:
-    del config
+  def heads(self, outputs, batch) -> Heads:
     return {"lm": (outputs, batch["loss_mask"])}
 
-  @staticmethod
-  def hard_loss(outputs, batch, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+  def hard_loss(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
     """(loss, the base task's own metrics, its weight for gradient accumulation) as in tasks/causal_lm.py."""
-    del config
     nll_BL = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["targets"])
     mask_BL = batch["loss_mask"]
     return (nll_BL * mask_BL).sum() / jnp.maximum(mask_BL.sum(), 1.0), {}, mask_BL.sum()
 
 
+@dataclasses.dataclass(frozen=True)
 class MlmHeads:
   """Masked-LM logits [B, P, V] at the predicted positions, and next-sentence logits [B, 2] when mlm.nsp."""
+  nsp: bool = True
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "MlmHeads":
+    return cls(config.mlm.nsp)
 
   @staticmethod
   def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
     return _apply(model, params, (batch["inputs"], batch["token_types"], batch["segment_ids"],
                                   batch["mlm_positions"]), {}, deterministic=deterministic, rng=rng, record=record)
 
-  @staticmethod
-  def heads(outputs, batch, config: ml_collections.ConfigDict) -> Heads:
+  def heads(self, outputs, batch) -> Heads:
     heads = {"mlm": (outputs["mlm_logits"], batch["mlm_weights"])}
-    if config.mlm.nsp:
+    if self.nsp:
       heads["nsp"] = (outputs["nsp_logits"], jnp.ones(batch["nsp_labels"].shape, jnp.float32))
     return heads
 
-  @staticmethod
-  def hard_loss(outputs, batch, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+  def hard_loss(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
     """As in tasks/mlm.py: the MLM mean over masked positions, plus the NSP mean over examples with mlm.nsp."""
     mlm_BP = optax.softmax_cross_entropy_with_integer_labels(outputs["mlm_logits"], batch["mlm_targets"])
     weights_BP = batch["mlm_weights"]
     masked = weights_BP.sum()
     aux = {"mlm_loss": (mlm_BP * weights_BP).sum() / jnp.maximum(masked, 1.0)}
-    if config.mlm.nsp:
+    if self.nsp:
       aux["nsp_loss"] = optax.softmax_cross_entropy_with_integer_labels(outputs["nsp_logits"],
                                                                         batch["nsp_labels"]).mean()
     return sum(aux.values()), aux, masked
@@ -84,23 +91,24 @@ class ClassificationHeads:
   a classifier has to pass on (regression students are refused in config validation: one output has no
   distribution to match)."""
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "ClassificationHeads":
+    del config
+    return cls()
+
   @staticmethod
   def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
     return _apply(model, params, (batch["inputs"], batch["token_types"], batch["segment_ids"]), {},
                   deterministic=deterministic, rng=rng, record=record)
 
-  @staticmethod
-  def heads(outputs, batch, config: ml_collections.ConfigDict) -> Heads:
-    del config
+  def heads(self, outputs, batch) -> Heads:
     weights_B = (batch["labels"] >= 0).astype(jnp.float32)
     if "index" in batch:  # eval batches: rows that only pad the last batch (index -1) count for nothing
       weights_B = weights_B * (batch["index"] >= 0)
     return {"cls": (outputs, weights_B)}
 
-  @staticmethod
-  def hard_loss(outputs, batch, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+  def hard_loss(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
     """As in tasks/classification.py: the cross-entropy mean over labelled rows, with its accuracy."""
-    del config
     known_B = batch["labels"] >= 0
     target_B = jnp.where(known_B, batch["labels"], 0)
     weight_B = known_B.astype(jnp.float32)

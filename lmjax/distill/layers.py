@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from lmjax.config import ConfigError
-from lmjax.distill.student import PROJECTION
+from lmjax.models.student_projections import PROJECTION
 
 _LAYER = re.compile(r"^layer_(\d+)$")
 

@@ -20,9 +20,11 @@ import grain
 import ml_collections
 import numpy as np
 
-from lmjax.config import DISTILL_TASKS, ConfigError, flatten
+from lmjax.config import ConfigError, flatten
+from lmjax.registry import TASKS
 
 META = "meta.json"
+OBJECTIVES = ("causal_lm", "mlm")  # the objectives whose teacher logits can be stored (a classifier's run online)
 
 
 def stream_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def stream_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   fields = {f"data.{k}": v for k, v in flatten(config.data.to_dict()).items() if k not in ("data_dir", "num_workers")}
   fields |= {f"tokenizer.{k}": v for k, v in flatten(config.tokenizer.to_dict()).items()}
   fields["train.batch_size"] = config.train.batch_size
-  if DISTILL_TASKS[config.task] == "mlm":
+  if TASKS.get(config.task).objective() == "mlm":
     fields |= {f"mlm.{k}": v for k, v in flatten(config.mlm.to_dict()).items()}
   return fields
 

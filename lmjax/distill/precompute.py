@@ -22,38 +22,40 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import prepare
 from lmjax.cli import fail, parse_flags
-from lmjax.config import DISTILL_TASKS, ConfigError, validate
+from lmjax.config import ConfigError, validate
 from lmjax.distill import offline
 from lmjax.distill.heads import HEADS
 from lmjax.distill.teacher import check_tokenizer, open_teacher, restore_params
+from lmjax.registry import TASKS
 
 def precompute(config: ml_collections.ConfigDict, workdir: str | Path, num_batches: int = 0) -> Path:
   """Writes config.distill.offline_logits_dir (complete or not at all) and returns it."""
-  from lmjax import train  # pylint: disable=import-outside-toplevel
-  from lmjax.tasks.distill import BASE_TASKS  # pylint: disable=import-outside-toplevel
   validate(config)
   k = config.distill
-  if config.task not in DISTILL_TASKS or not k.offline_logits_dir or not k.teacher_workdir:
-    raise ConfigError("config.distill.offline_logits_dir and distill.teacher_workdir must both be set, with task "
-                      "'distill_lm' or 'distill_mlm', to precompute teacher logits")
-  base = DISTILL_TASKS[config.task]
+  task_class = TASKS.get(config.task)
+  offline_capable = [n for n, c in TASKS.items() if c.objective() in offline.OBJECTIVES and c.objective() != n]
+  if config.task not in offline_capable or not k.offline_logits_dir or not k.teacher_workdir:
+    raise ConfigError(f"config.distill.offline_logits_dir and distill.teacher_workdir must both be set, with task "
+                      f"{' or '.join(map(repr, offline_capable))}, to precompute teacher logits")
+  base_class = TASKS.get(task_class.objective())
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  tokenizer = train.prepare_tokenizer(config, workdir)
-  teacher = open_teacher(config, BASE_TASKS[base])
+  tokenizer = prepare.prepare_tokenizer(config, workdir, base_class)
+  teacher = open_teacher(config, base_class)
   check_tokenizer(config, teacher, tokenizer)
-  data = BASE_TASKS[base].prepare_data(config, tokenizer, train.data_dir_of(config, workdir))
+  data = base_class.prepare_data(config, tokenizer, prepare.data_dir_of(config, workdir))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   params = restore_params(teacher, jax.tree_util.tree_map(lambda _: device, teacher.abstract))
-  H = HEADS[base]
+  distilled_heads = HEADS[base_class.registered_name].from_config(config)
 
   @jax.jit
   def top_k(params, batch):
-    out = H.run(teacher.model, params, batch, deterministic=True)[0]
-    distilled = H.heads(out, batch, config)  # the heads the student's config distils (e.g. no NSP without mlm.nsp)
+    out = teacher.heads.run(teacher.model, params, batch, deterministic=True)[0]
+    distilled = distilled_heads.heads(out, batch)  # the heads the student distils (e.g. no NSP without mlm.nsp)
     return {name: jax.lax.top_k(logits, min(k.top_k, logits.shape[-1]))
-            for name, (logits, _) in H.heads(out, batch, teacher.config).items() if name in distilled}
+            for name, (logits, _) in teacher.heads.heads(out, batch).items() if name in distilled}
 
   n = num_batches or config.train.num_steps
   target = Path(k.offline_logits_dir)

@@ -15,9 +15,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmjax.config import DISTILL_TASKS, ConfigError, parse_layer_pairs
-from lmjax.distill.student import abstract_params
+from lmjax.config import ConfigError
+from lmjax.distill.heads import HEADS
+from lmjax.models import family
+from lmjax.registry import TASKS
 from lmjax.saved_run import RunError, SavedRun, open_run, quiet_orbax
+from lmjax.state import abstract_params
+from lmjax.tasks.base import VocabInfo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Teacher:
   model: Any  # the teacher's Flax module
   abstract: Any  # its parameters' ShapeDtypeStructs
   axes: Any  # and logical PartitionSpecs
+  heads: Any  # how its outputs are read (lmjax/distill/heads.py), from its own config
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -35,6 +40,18 @@ class Teacher:
 
 def _fail(field: str, value: Any, why: str) -> None:
   raise ConfigError(f"config.distill.{field}={value!r}: {why}")
+
+
+def parse_layer_pairs(text: str) -> list[tuple[int, int]]:
+  """distill.layer_pairs: '1:0, 3:1' -> [(1, 0), (3, 1)], (teacher block, student block); '' -> []."""
+  pairs = []
+  for part in (p.strip() for p in text.split(",")):
+    if part:
+      teacher, student = (int(x) for x in part.split(":"))
+      if teacher < 0 or student < 0:
+        raise ValueError(part)
+      pairs.append((teacher, student))
+  return pairs
 
 
 def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
@@ -46,8 +63,8 @@ def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
   except RunError as e:
     raise ConfigError(f"config.distill.teacher_workdir: {e}") from None
   t = run.config
-  base = DISTILL_TASKS[config.task]
-  if DISTILL_TASKS.get(t.task, t.task) != base:
+  base = base_class.registered_name
+  if TASKS.get(t.task).objective() != base:
     _fail("teacher_workdir", k.teacher_workdir, f"the teacher trained task={t.task!r}, but task={config.task!r} "
           f"distils a {base!r} model; give a {base!r} run")
   steps = run.steps
@@ -56,11 +73,14 @@ def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
   if k.teacher_step and k.teacher_step not in steps:
     _fail("teacher_step", k.teacher_step, f"the teacher has no checkpoint there (steps: {', '.join(map(str, steps))});"
           f" use 0 for its latest")
-  if t.model.position == "learned" and t.model.name in ("gpt", "bert") and config.data.seq_len > t.model.max_len:
-    _fail("teacher_workdir", k.teacher_workdir, f"the teacher's learned positions stop at model.max_len="
-          f"{t.model.max_len} but the student reads data.seq_len={config.data.seq_len}; lower data.seq_len")
+  teacher_family = family(t.model.name)
+  context = teacher_family.max_context(t.model)
+  if context is not None and config.data.seq_len > context:
+    _fail("teacher_workdir", k.teacher_workdir, f"the teacher's positions (model.position={t.model.position!r}) stop "
+          f"at model.max_len={context} but the student reads data.seq_len={config.data.seq_len}; lower "
+          f"data.seq_len")
   for teacher_layer, _ in parse_layer_pairs(k.layer_pairs):
-    if teacher_layer >= t.model.num_layers or t.model.name not in ("gpt", "bert"):
+    if not teacher_family.sows_layers or teacher_layer >= t.model.num_layers:
       _fail("layer_pairs", k.layer_pairs, f"teacher block {teacher_layer} does not exist: the teacher is a "
             f"{t.model.num_layers}-layer {t.model.name!r} model")
   step = k.teacher_step or steps[-1]
@@ -71,9 +91,9 @@ def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
             "no class distribution to distil; give a classification run")
     # Its class count is in its checkpoint: a run that read its labels from the data has no finetune.labels.
     data["data"] = types.SimpleNamespace(num_outputs=_saved_shapes(run, step)["['classifier']['kernel']"][-1])
-  task = base_class.create(t, run.tokenizer.vocab_size, **data)
-  abstract, axes = abstract_params(task.model, task.init_args(t))
-  return Teacher(run, step, task.model, abstract, axes)
+  task = base_class.create(t, VocabInfo(run.tokenizer.vocab_size), **data)
+  abstract, axes = abstract_params(task.model, task.init_args())
+  return Teacher(run, step, task.model, abstract, axes, HEADS[base].from_config(t))
 
 
 def check_tokenizer(config: ml_collections.ConfigDict, teacher: Teacher, tokenizer: Any) -> None:

@@ -11,21 +11,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import linen as nn
 
-from lmjax.config import model_config, parse_lengths
+from lmjax.config import parse_lengths
 from lmjax.data import pipeline
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
-from lmjax.models import build_model
-from lmjax.tasks.base import Batch
+from lmjax.models import model_config
+from lmjax.models.base import FitResult
+from lmjax.registry import TASKS
+from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 
 BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
                 "loss_mask": jnp.float32}
 
 
 @dataclasses.dataclass(frozen=True)
-class LmData:
+class LmData(TaskData):
   """The tokenized train and eval splits: windows of data.seq_len tokens (lmjax.data.pipeline)."""
   config: ml_collections.ConfigDict
   train_tokens: pipeline.TokenizedSplit
@@ -54,13 +55,20 @@ class LmData:
     return sets
 
 
+@TASKS.register("causal_lm")
 @dataclasses.dataclass(frozen=True)
-class CausalLmTask:
+class CausalLmTask(Task):
   """Batches are dicts of [B, L] arrays: inputs, targets, segment_ids, positions, loss_mask."""
-  model: nn.Module
+  model: Any
+  seq_len: int
   token_bytes_V: jax.Array | None = None  # UTF-8 bytes per token id, for bits per byte
   token_chars_V: jax.Array | None = None  # characters per token id, for bits per character
+  fits: bool = False  # the model is fitted in one pass (model.fit) instead of trained
+
+  model_interface: ClassVar[str] = "next_token"
+  accepts_fit_only: ClassVar[bool] = True
   generates_text: ClassVar[bool] = True
+  evaluates_other_lengths: ClassVar[bool] = True
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> LmData:
@@ -69,22 +77,27 @@ class CausalLmTask:
                   pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, *, token_bytes_V: jax.Array | None = None,
-             token_chars_V: jax.Array | None = None, **unused: Any) -> "CausalLmTask":
-    return cls(build_model(model_config(config, vocab_size)), token_bytes_V, token_chars_V)
+  def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "CausalLmTask":
+    cfg = model_config(config, vocab.size)
+    as_array = lambda x: None if x is None else jnp.asarray(x)
+    return cls(cfg.build(), config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
+               fits=cfg.fit_only)
 
-  def init_args(self, config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
-    return (jnp.zeros((1, config.data.seq_len), jnp.int32),)
+  def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
+    return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens) if self.fits else None
 
-  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {k: jax.ShapeDtypeStruct((batch_size, config.data.seq_len), dt) for k, dt in BATCH_DTYPES.items()}
+  def init_args(self) -> tuple[jax.Array, ...]:
+    return (jnp.zeros((1, self.seq_len), jnp.int32),)
+
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct((batch_size, self.seq_len), dt) for k, dt in BATCH_DTYPES.items()}
 
   def logits(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> jax.Array:
     rngs = {"dropout": rng} if rng is not None else None
     return self.model.apply({"params": params}, batch["inputs"], positions_BL=batch["positions"],
                             segment_ids_BL=batch["segment_ids"], deterministic=deterministic, rngs=rngs)
 
-  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     logits_BLV = self.logits(params, batch, deterministic=False, rng=rng)
     nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
     mask_BL = batch["loss_mask"]
@@ -92,7 +105,7 @@ class CausalLmTask:
     loss = (nll_BL * mask_BL).sum() / tokens
     return loss, {"loss": loss, "tokens": mask_BL.sum()}
 
-  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+  def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     logits_BLV = self.logits(params, batch, deterministic=True)
     targets_BL, mask_BL = batch["targets"], batch["loss_mask"]
     nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
@@ -104,4 +117,5 @@ class CausalLmTask:
       sums["chars"] = (self.token_chars_V[targets_BL] * mask_BL).sum()
     return sums
 
-  summarize = staticmethod(language_model_summary)
+  def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+    return language_model_summary(sums)

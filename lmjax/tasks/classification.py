@@ -18,11 +18,14 @@ import numpy as np
 import optax
 
 from lmjax import finetune_metrics
-from lmjax.config import ConfigError, model_config
+from lmjax.config import ConfigError
 from lmjax.data import labelled
 from lmjax.data.labelled import LabelVocab
 from lmjax.data.tokenizers import Tokenizer
+from lmjax.models import model_config
 from lmjax.models.finetune_heads import SequenceClassifier
+from lmjax.registry import TASKS
+from lmjax.tasks.base import VocabInfo
 from lmjax.tasks.finetune import EncoderTask, ExampleData, abstract_arrays, cap, row_weights, write_jsonl
 
 DEVICE_KEYS = ("inputs", "token_types", "segment_ids", "labels")
@@ -80,11 +83,11 @@ class ClassificationData(ExampleData):
     return metrics
 
 
+@TASKS.register("classification")
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask(EncoderTask):
   regression: bool = False
-  seq_len: int = 128
-  generates_text: ClassVar[bool] = False
+  kind: ClassVar[str] = "classification"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> ClassificationData:
@@ -104,8 +107,8 @@ class ClassificationTask(EncoderTask):
     return ClassificationData(config, train, eval_, summary, eval_examples, vocab)
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, *, data: ClassificationData | None = None,
-             **unused_vocab_stats: Any) -> "ClassificationTask":
+  def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo,
+             data: ClassificationData | None = None) -> "ClassificationTask":
     f = config.finetune
     if data is not None:
       num_outputs = data.num_outputs
@@ -116,10 +119,10 @@ class ClassificationTask(EncoderTask):
     else:
       raise ConfigError("config.finetune.labels is empty: without the data the number of classes is unknown; "
                         "list the class names, e.g. 'negative,positive'")
-    model = SequenceClassifier(model_config(config, vocab_size), num_outputs)
-    return cls(model, f.freeze_embeddings, f.freeze_layers, f.regression, config.data.seq_len)
+    model = SequenceClassifier(model_config(config, vocab.size), num_outputs)
+    return cls(model, f.freeze_embeddings, f.freeze_layers, config.data.seq_len, f.regression)
 
-  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     L = self.seq_len
     labels = ((), jnp.float32) if self.regression else ((), jnp.int32)
     return abstract_arrays({"inputs": ((L,), jnp.int32), "token_types": ((L,), jnp.int32),
@@ -137,7 +140,7 @@ class ClassificationTask(EncoderTask):
     correct_B = (logits_BC.argmax(-1) == target_B).astype(jnp.float32)
     return nll_B, correct_B, known_B.astype(jnp.float32)
 
-  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     logits_BC = self.apply(params, batch, deterministic=False, rng=rng)
     loss_B, correct_B, weight_B = self._per_example(logits_BC, batch["labels"])
     n = jnp.maximum(weight_B.sum(), 1.0)
@@ -147,7 +150,7 @@ class ClassificationTask(EncoderTask):
       aux["accuracy"] = (correct_B * weight_B).sum() / n
     return loss, aux
 
-  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+  def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     logits_BC = self.apply(params, batch, deterministic=True)
     loss_B, correct_B, weight_B = self._per_example(logits_BC, batch["labels"])
     weight_B = weight_B * row_weights(batch)
@@ -160,6 +163,6 @@ class ClassificationTask(EncoderTask):
       out["accuracy"] = sums["correct"] / n
     return out
 
-  def predict(self, params, batch) -> dict[str, jax.Array]:
+  def predict(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     logits_BC = self.apply(params, batch, deterministic=True)
     return {"prediction": logits_BC[:, 0] if self.regression else logits_BC.argmax(-1).astype(jnp.int32)}

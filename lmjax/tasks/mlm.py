@@ -21,17 +21,50 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import linen as nn
 
-from lmjax.config import model_config
+from lmjax import config as config_lib
 from lmjax.data import mlm_pairs
 from lmjax.data.tokenizers import Tokenizer
-from lmjax.models import build_model
-from lmjax.tasks.base import Batch
+from lmjax.models import model_config
+from lmjax.registry import TASKS
+from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
+
+
+def _validate(cfg: ml_collections.ConfigDict) -> None:
+  if not config_lib.reads(cfg, "mlm"):
+    return
+  k = cfg.mlm
+  if not 0.0 < k.mask_prob < 1.0:
+    config_lib.fail("mlm.mask_prob", k.mask_prob, "must be strictly between 0 and 1 (BERT: 0.15)")
+  for field in ("mask_token_prob", "random_token_prob", "short_seq_prob"):
+    config_lib.in_unit_interval(cfg, f"mlm.{field}", closed=True)
+  if k.mask_token_prob + k.random_token_prob > 1.0:
+    config_lib.fail("mlm.random_token_prob", k.random_token_prob, f"plus mlm.mask_token_prob={k.mask_token_prob} "
+                    f"exceeds 1; the rest of the predicted tokens are kept, so the two must sum to at most 1 (BERT: "
+                    f"0.8 and 0.1)")
+  config_lib.at_least(cfg, "mlm.max_predictions", 0)
+  specials = 3 if k.nsp else 2  # [CLS] A [SEP] B [SEP], or [CLS] A [SEP]
+  if cfg.data.seq_len < specials + 2:
+    config_lib.fail("data.seq_len", cfg.data.seq_len, f"task={cfg.task!r} needs room for {specials} special tokens "
+                    f"and some text: use at least {specials + 2}, e.g. 128")
+  if k.nsp and cfg.model.type_vocab_size < 2:
+    config_lib.fail("model.type_vocab_size", cfg.model.type_vocab_size, "mlm.nsp=True gives segments A and B two "
+                    "token types: set it to 2, or mlm.nsp=False")
+
+
+# BERT pretraining examples, [CLS] A [SEP] B [SEP] (see lmjax/data/mlm_pairs.py).
+config_lib.register_section("mlm", {
+    "mask_prob": 0.15,  # fraction of the text tokens of an example that the loss predicts
+    "mask_token_prob": 0.8,  # of those, replaced by <mask>; random_token_prob by a random token; the rest kept
+    "random_token_prob": 0.1,
+    "max_predictions": 0,  # cap on predicted tokens per example; 0: no cap
+    "nsp": True,  # next-sentence prediction: B follows A half of the time; False: single segments, no NSP loss
+    "short_seq_prob": 0.1,  # examples given a random shorter target length, so short inputs are seen too
+}, _validate)
 
 
 @dataclasses.dataclass(frozen=True)
-class MlmData:
+class MlmData(TaskData):
   """Sentence-split train and eval splits and how examples are cut from them (lmjax.data.mlm_pairs)."""
   config: ml_collections.ConfigDict
   settings: mlm_pairs.MlmSettings
@@ -58,13 +91,16 @@ class MlmData:
                                                 process_count=process_count)}
 
 
+@TASKS.register("mlm")
 @dataclasses.dataclass(frozen=True)
-class MlmTask:
+class MlmTask(Task):
   """Batches as described in lmjax/data/mlm_pairs.py: inputs, token_types, segment_ids [B, L]; mlm_positions,
   mlm_targets, mlm_weights [B, P]; nsp_labels [B]."""
-  model: nn.Module
+  model: Any
   settings: mlm_pairs.MlmSettings
-  generates_text: ClassVar[bool] = False
+
+  model_interface: ClassVar[str] = "encoder"
+  sections: ClassVar[tuple[str, ...]] = ("mlm",)
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> MlmData:
@@ -74,15 +110,15 @@ class MlmTask:
                    mlm_pairs.tokenize_sentences(d, d.eval_split, tokenizer, data_dir))
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, **unused_vocab_stats: Any) -> "MlmTask":
-    return cls(build_model(model_config(config, vocab_size)), mlm_pairs.MlmSettings.from_config(config, vocab_size))
+  def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "MlmTask":
+    return cls(model_config(config, vocab.size).build(), mlm_pairs.MlmSettings.from_config(config, vocab.size))
 
-  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(shape, dtype)
             for k, (shape, dtype) in mlm_pairs.batch_shapes(self.settings, batch_size).items()}
 
-  def init_args(self, config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
-    b = self.abstract_batch(config, 1)
+  def init_args(self) -> tuple[jax.Array, ...]:
+    b = self.abstract_batch(1)
     zeros = lambda key: jnp.zeros(b[key].shape, b[key].dtype)
     return zeros("inputs"), zeros("token_types"), jnp.ones(b["segment_ids"].shape, jnp.int32), zeros("mlm_positions")
 
@@ -97,7 +133,7 @@ class MlmTask:
     nsp_B = optax.softmax_cross_entropy_with_integer_labels(out["nsp_logits"], batch["nsp_labels"])
     return mlm_BP, nsp_B
 
-  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     mlm_BP, nsp_B = self._nll(self.outputs(params, batch, deterministic=False, rng=rng), batch)
     weights_BP = batch["mlm_weights"]
     masked = weights_BP.sum()
@@ -109,7 +145,7 @@ class MlmTask:
       loss = loss + aux["nsp_loss"]
     return loss, {**aux, "loss": loss, "tokens": masked}
 
-  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+  def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     out = self.outputs(params, batch, deterministic=True)
     mlm_BP, nsp_B = self._nll(out, batch)
     weights_BP = batch["mlm_weights"]

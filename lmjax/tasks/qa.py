@@ -21,10 +21,12 @@ import numpy as np
 import optax
 
 from lmjax import finetune_metrics
-from lmjax.config import model_config
 from lmjax.data import squad
 from lmjax.data.tokenizers import Tokenizer
+from lmjax.models import model_config
 from lmjax.models.finetune_heads import SpanExtractor
+from lmjax.registry import TASKS
+from lmjax.tasks.base import VocabInfo
 from lmjax.tasks.finetune import EncoderTask, ExampleData, abstract_arrays, cap, row_weights, write_jsonl
 
 DEVICE_KEYS = ("inputs", "token_types", "segment_ids", "start_positions", "end_positions")
@@ -51,10 +53,10 @@ class QaData(ExampleData):
     return scores
 
 
+@TASKS.register("qa")
 @dataclasses.dataclass(frozen=True)
 class QaTask(EncoderTask):
-  seq_len: int = 384
-  generates_text: ClassVar[bool] = False
+  kind: ClassVar[str] = "qa"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> QaData:
@@ -70,12 +72,12 @@ class QaTask(EncoderTask):
                   eval_examples, {k: eval_[k] for k in HOST_KEYS}, f.max_answer_words)
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, **unused: Any) -> "QaTask":
+  def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: QaData | None = None) -> "QaTask":
     f = config.finetune
-    return cls(SpanExtractor(model_config(config, vocab_size)), f.freeze_embeddings, f.freeze_layers,
+    return cls(SpanExtractor(model_config(config, vocab.size)), f.freeze_embeddings, f.freeze_layers,
                config.data.seq_len)
 
-  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     L = self.seq_len
     shapes = {k: ((L,), jnp.int32) for k in ("inputs", "token_types", "segment_ids")}
     return abstract_arrays({**shapes, "start_positions": ((), jnp.int32), "end_positions": ((), jnp.int32)},
@@ -89,12 +91,12 @@ class QaTask(EncoderTask):
     exact_B = (start_BL.argmax(-1) == batch["start_positions"]) & (end_BL.argmax(-1) == batch["end_positions"])
     return nll_B, exact_B.astype(jnp.float32)
 
-  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     nll_B, _ = self._per_window(params, batch, deterministic=False, rng=rng)
     loss = nll_B.mean()
     return loss, {"loss": loss, "tokens": jnp.asarray(nll_B.shape[0], jnp.float32)}
 
-  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+  def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     nll_B, exact_B = self._per_window(params, batch, deterministic=True)
     w_B = row_weights(batch)
     return {"loss": (nll_B * w_B).sum(), "span_exact": (exact_B * w_B).sum(), "windows": w_B.sum()}
@@ -103,6 +105,6 @@ class QaTask(EncoderTask):
     n = max(sums["windows"], 1.0)
     return {"loss": sums["loss"] / n, "span_accuracy": sums["span_exact"] / n, "windows": sums["windows"]}
 
-  def predict(self, params, batch) -> dict[str, jax.Array]:
+  def predict(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     start_BL, end_BL = self.apply(params, batch, deterministic=True)
     return {"start_logits": start_BL, "end_logits": end_BL}

@@ -24,15 +24,74 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import linen as nn
 
-from lmjax import text_metrics
-from lmjax.config import model_config
+from lmjax import config as config_lib
+from lmjax import decode, text_metrics
 from lmjax.data import parallel
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
-from lmjax.models import build_model
-from lmjax.tasks.base import Batch
+from lmjax.models import family, model_config
+from lmjax.registry import TASKS
+from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
+
+METRICS = ("bleu", "chrf", "rouge")
+
+# Translation or summarization with the encoder-decoder (model.name='encdec'). Pairs come from data.paths: one TSV
+# file (source TAB target) or two aligned files 'train.de,train.en'; or from a TFDS dataset (data.source='tfds')
+# whose features source_lang/target_lang hold the two sides.
+FIELDS = {
+    "source_lang": "",  # TFDS feature of the source side, e.g. 'de' for wmt14_translate/de-en, 'article'
+    "target_lang": "",  # TFDS feature of the target side, e.g. 'en', 'highlights'
+    "eval_paths": "",  # validation pairs (same format as data.paths); '' holds out data.validation_fraction
+    "test_paths": "",  # optional test pairs, evaluated and scored as split 'test' at every eval
+    "source_max_len": 64,  # source tokens kept (EOS included); longer sources are cut
+    "target_max_len": 64,  # target tokens kept (EOS included); longer targets are cut
+    "pack": False,  # fill each train row with several pairs (attention stays within a pair): less padding
+    "label_smoothing": 0.1,  # the train loss; eval also reports the unsmoothed NLL and its perplexity
+    "beam_size": 4,  # eval decoding (and the generation CLI's default for these runs)
+    "length_penalty": 0.6,  # GNMT alpha of the beam search
+    "max_decode_len": 0,  # new tokens at most when decoding; 0 -> seq2seq.target_max_len
+    "metrics": "bleu,chrf",  # computed from the decoded eval examples: 'bleu', 'chrf', 'rouge'; '' for none
+    "bleu_tokenize": "13a",  # SacreBLEU tokenizer ('13a', 'intl', 'char', 'none', ...)
+    "eval_decode_examples": 256,  # eval examples decoded for the metrics (the loss uses all eval batches)
+}
+
+
+def _validate(cfg: ml_collections.ConfigDict) -> None:
+  if not config_lib.reads(cfg, "seq2seq"):
+    return
+  s, d, m = cfg.seq2seq, cfg.data, cfg.model
+  if d.source == "embedded":
+    config_lib.fail("data.source", d.source, "task='seq2seq' needs parallel data: data.source='files' with "
+                    "data.paths 'pairs.tsv' or 'train.de,train.en', or 'tfds' with seq2seq.source_lang and "
+                    "seq2seq.target_lang")
+  if d.source == "tfds":
+    for field in ("source_lang", "target_lang"):
+      if not s[field].strip():
+        config_lib.fail(f"seq2seq.{field}", s[field], "data.source='tfds' needs the TFDS features of both sides, "
+                        "e.g. source_lang='de', target_lang='en' for wmt14_translate/de-en")
+  context = family(m.name).max_context(m)
+  for field in ("source_max_len", "target_max_len"):
+    config_lib.at_least(cfg, f"seq2seq.{field}", 2)
+    if context is not None and s[field] > context:
+      config_lib.fail(f"seq2seq.{field}", s[field], f"exceeds model.max_len={context}, the longest input "
+                      f"model.position={m.position!r} allows; raise model.max_len or lower it")
+  if not 0.0 <= s.label_smoothing < 1.0:
+    config_lib.fail("seq2seq.label_smoothing", s.label_smoothing, "must be in [0, 1) (Vaswani et al.: 0.1)")
+  config_lib.at_least(cfg, "seq2seq.beam_size", 1)
+  config_lib.at_least(cfg, "seq2seq.length_penalty", 0.0)
+  config_lib.at_least(cfg, "seq2seq.max_decode_len", 0)
+  config_lib.at_least(cfg, "seq2seq.eval_decode_examples", 0)
+  if context is not None and (s.max_decode_len or s.target_max_len) + 1 > context:
+    config_lib.fail("seq2seq.max_decode_len", s.max_decode_len, f"plus <bos> exceeds model.max_len={context} for "
+                    f"model.position={m.position!r}; lower it (0 takes seq2seq.target_max_len) or raise "
+                    f"model.max_len")
+  metrics = [x.strip() for x in s.metrics.split(",") if x.strip()]
+  if any(x not in METRICS for x in metrics):
+    config_lib.fail("seq2seq.metrics", s.metrics, f"give a comma-separated subset of {', '.join(METRICS)}, or ''")
+
+
+config_lib.register_section("seq2seq", FIELDS, _validate)
 
 SOURCE_KEYS, TARGET_KEYS = parallel.SOURCE_FIELDS, parallel.TARGET_FIELDS
 _FOREVER = 2**62  # batch indices of the endless training stream
@@ -121,7 +180,7 @@ class _PackedBatches(_PairBatches):
 
 
 @dataclasses.dataclass(frozen=True)
-class Seq2seqData:
+class Seq2seqData(TaskData):
   """Encoded train pairs, and each eval split's raw pairs (for references) with their encoded arrays."""
   config: ml_collections.ConfigDict
   tokenizer: Tokenizer
@@ -198,12 +257,13 @@ def cut_at_eos(tokens_T: np.ndarray) -> list[int]:
   return tokens[: tokens.index(EOS_ID)] if EOS_ID in tokens else tokens
 
 
+@TASKS.register("seq2seq")
 @dataclasses.dataclass(frozen=True)
-class Seq2seqTask:
+class Seq2seqTask(Task):
   """Batches: inputs, input_segment_ids, input_positions [B, S]; decoder_inputs, targets, target_segment_ids,
   target_positions [B, T]; eval batches also index [B]. Segment ids are 0 on padding and number the pairs of a
   row from 1 (one pair per row unless seq2seq.pack)."""
-  model: nn.Module
+  model: Any
   source_len: int
   target_len: int
   label_smoothing: float
@@ -211,7 +271,10 @@ class Seq2seqTask:
   length_penalty: float
   max_decode_len: int
   eval_decode_examples: int
-  generates_text: ClassVar[bool] = False
+
+  model_interface: ClassVar[str] = "seq2seq"
+  predicts: ClassVar[bool] = True
+  sections: ClassVar[tuple[str, ...]] = ("seq2seq",)
 
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
@@ -229,16 +292,16 @@ class Seq2seqTask:
     return Seq2seqData(config, tokenizer, encode(splits["train"]), evals, {k: encode(v) for k, v in evals.items()})
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, **unused: Any) -> "Seq2seqTask":
+  def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "Seq2seqTask":
     s = config.seq2seq
-    return cls(build_model(model_config(config, vocab_size)), s.source_max_len, s.target_max_len,
+    return cls(model_config(config, vocab.size).build(), s.source_max_len, s.target_max_len,
                s.label_smoothing, s.beam_size, s.length_penalty, s.max_decode_len or s.target_max_len,
                s.eval_decode_examples)
 
-  def init_args(self, config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
+  def init_args(self) -> tuple[jax.Array, ...]:
     return jnp.zeros((1, self.source_len), jnp.int32), jnp.zeros((1, self.target_len), jnp.int32)
 
-  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     shapes = {k: (batch_size, self.source_len) for k in SOURCE_KEYS} | {k: (batch_size, self.target_len)
                                                                          for k in TARGET_KEYS}
     return {k: jax.ShapeDtypeStruct(shape, jnp.int32) for k, shape in shapes.items()}
@@ -258,14 +321,14 @@ class Seq2seqTask:
     smoothed_BL = (1.0 - eps) * nll_BL - eps * logp_BLV.mean(-1) if eps else nll_BL
     return smoothed_BL, nll_BL
 
-  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     smoothed_BL, nll_BL = self._losses(self.logits(params, batch, deterministic=False, rng=rng), batch["targets"])
     mask_BL = (batch["target_segment_ids"] > 0).astype(jnp.float32)
     tokens = mask_BL.sum()
     loss = (smoothed_BL * mask_BL).sum() / jnp.maximum(tokens, 1.0)
     return loss, {"loss": loss, "nll": (nll_BL * mask_BL).sum() / jnp.maximum(tokens, 1.0), "tokens": tokens}
 
-  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+  def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     logits_BLV = self.logits(params, batch, deterministic=True)
     smoothed_BL, nll_BL = self._losses(logits_BLV, batch["targets"])
     mask_BL = ((batch["target_segment_ids"] > 0) & (batch["index"][:, None] >= 0)).astype(jnp.float32)
@@ -280,7 +343,6 @@ class Seq2seqTask:
 
   def translate(self, params, source_BS: jax.Array, source_lengths_B: jax.Array) -> jax.Array:
     """[B, N] the best beam's new tokens for each source (ending at <eos>, then padding)."""
-    from lmjax import decode  # pylint: disable=import-outside-toplevel
     B = source_BS.shape[0]
     bos_B1 = jnp.full((B, 1), BOS_ID, jnp.int32)
     tokens_BWT, _ = decode.beam_search(decode.step_decoder(self.model), params, bos_B1, jnp.ones((B,), jnp.int32),
@@ -289,7 +351,7 @@ class Seq2seqTask:
                                        encoder_inputs={"tokens": source_BS, "lengths": source_lengths_B})
     return tokens_BWT[:, 0, 1:]
 
-  def predict(self, params, batch) -> dict[str, jax.Array]:
+  def predict(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     """Beam search on batches holding one of the first eval_decode_examples pairs; later batches skip it."""
     lengths_B = (batch["input_segment_ids"] > 0).sum(-1).astype(jnp.int32)
     B = batch["inputs"].shape[0]

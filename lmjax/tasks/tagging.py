@@ -18,11 +18,13 @@ import numpy as np
 import optax
 
 from lmjax import finetune_metrics
-from lmjax.config import model_config
 from lmjax.data import conll
 from lmjax.data.labelled import LabelVocab
 from lmjax.data.tokenizers import Tokenizer
+from lmjax.models import model_config
 from lmjax.models.finetune_heads import TokenClassifier
+from lmjax.registry import TASKS
+from lmjax.tasks.base import VocabInfo
 from lmjax.tasks.finetune import EncoderTask, ExampleData, abstract_arrays, cap, row_weights, write_jsonl
 
 DEVICE_KEYS = ("inputs", "token_types", "segment_ids", "labels", "label_weights")
@@ -45,10 +47,10 @@ class TaggingData(ExampleData):
     return {f"entity_{k}": v for k, v in scores.items()}
 
 
+@TASKS.register("tagging")
 @dataclasses.dataclass(frozen=True)
 class TaggingTask(EncoderTask):
-  seq_len: int = 128
-  generates_text: ClassVar[bool] = False
+  kind: ClassVar[str] = "tagging"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> TaggingData:
@@ -66,18 +68,18 @@ class TaggingTask(EncoderTask):
                        eval_sentences, {k: eval_[k] for k in ("word_ids", "num_words", "label_weights")}, vocab)
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, vocab_size: int, *, data: TaggingData | None = None,
-             **unused_vocab_stats: Any) -> "TaggingTask":
+  def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo,
+             data: TaggingData | None = None) -> "TaggingTask":
     f = config.finetune
     if data is None:
       # Compiling without data (lmjax.aot, benchmarks): CoNLL-2003's 9 BIO tags.
       num_tags = 9
     else:
       num_tags = len(data.vocab)
-    model = TokenClassifier(model_config(config, vocab_size), num_tags)
+    model = TokenClassifier(model_config(config, vocab.size), num_tags)
     return cls(model, f.freeze_embeddings, f.freeze_layers, config.data.seq_len)
 
-  def abstract_batch(self, config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     L = self.seq_len
     shapes = {k: ((L,), jnp.int32) for k in ("inputs", "token_types", "segment_ids", "labels")}
     return abstract_arrays({**shapes, "label_weights": ((L,), jnp.float32)}, batch_size)
@@ -87,7 +89,7 @@ class TaggingTask(EncoderTask):
     correct_BL = (logits_BLT.argmax(-1) == batch["labels"]).astype(jnp.float32)
     return nll_BL, correct_BL
 
-  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     nll_BL, correct_BL = self._nll(self.apply(params, batch, deterministic=False, rng=rng), batch)
     weights_BL = batch["label_weights"]
     words = weights_BL.sum()
@@ -95,7 +97,7 @@ class TaggingTask(EncoderTask):
     return loss, {"loss": loss, "tokens": words,
                   "accuracy": (correct_BL * weights_BL).sum() / jnp.maximum(words, 1.0)}
 
-  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+  def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     nll_BL, correct_BL = self._nll(self.apply(params, batch, deterministic=True), batch)
     weights_BL = batch["label_weights"] * row_weights(batch)[:, None]
     return {"loss": (nll_BL * weights_BL).sum(), "correct": (correct_BL * weights_BL).sum(),
@@ -105,5 +107,5 @@ class TaggingTask(EncoderTask):
     n = max(sums["words"], 1.0)
     return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n, "words": sums["words"]}
 
-  def predict(self, params, batch) -> dict[str, jax.Array]:
+  def predict(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     return {"tags": self.apply(params, batch, deterministic=True).argmax(-1).astype(jnp.int32)}
