@@ -112,15 +112,17 @@ def _quiet_warnings():
 
 def load_run(workdir: Path) -> tuple[Any, Any, Any]:
   """(config, tokenizer, model) of a run, failing in one line on what is missing."""
+  from lmjax.registry import MODELS
   from lmjax.saved_run import RunError, open_run
   try:
     run = open_run(workdir)
   except RunError as e:
     fail(str(e))
   config, tokenizer = run.config, run.tokenizer
-  if config.model.name not in ("gpt", "encdec"):
-    fail(f"config.model.name={config.model.name!r}: lmjax.generate decodes GPT models (model.name='gpt') and "
-         f"encoder-decoders (model.name='encdec') only")
+  if not MODELS.get(config.model.name).decodes:
+    decoding = ", ".join(repr(n) for n, f in MODELS.items() if f.decodes)
+    fail(f"config.model.name={config.model.name!r}: lmjax.generate decodes over a key/value cache, which "
+         f"model.name={decoding} can")
   if _TOP_K.value > tokenizer.vocab_size:
     fail(f"--top_k={_TOP_K.value} exceeds the vocabulary of {tokenizer.vocab_size} tokens")
   return config, tokenizer, run.model()
@@ -147,7 +149,7 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
 
   decoder = decode.step_decoder(model)
   # An encoder-decoder reads each prompt as its source (ids, <eos>) and starts every output from <bos> alone.
-  translating = isinstance(decoder, decode.EncoderDecoderStep)
+  translating = decoder is not None and decoder.takes_encoder_inputs
   sources = [[*tokenizer.encode(p).tolist(), EOS_ID] for p in prompts] if translating else []
   S = max(map(len, sources), default=0)
   if translating and decoder.max_len is not None and S > decoder.max_len:

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from lmjax.config import ConfigError, flatten
+from lmjax.models import family
 from lmjax.models.finetune_heads import PRETRAINED_SUBTREES
 from lmjax.saved_run import RunError, SavedRun, open_run
 
@@ -43,9 +44,9 @@ def check(config: ml_collections.ConfigDict) -> SavedRun | None:
                       f"(steps: {', '.join(map(str, run.steps)) or 'none'}); use 0 for its latest")
   if not run.steps:
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} has no checkpoint; train that run first")
-  if run.config.model.name != "bert":
+  if family(run.config.model.name).interface != "encoder":
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} is a model.name={run.config.model.name!r} run; "
-                      f"fine-tuning starts from a BERT encoder (a task='mlm' run, or another fine-tuning run)")
+                      f"fine-tuning starts from an encoder (a task='mlm' run, or another fine-tuning run)")
   saved = flatten(run.config.to_dict())
   mine = flatten(config.to_dict())
   differ = [k for k in sorted(saved) if k.startswith(("model.", "tokenizer.")) and k in mine and saved[k] != mine[k]

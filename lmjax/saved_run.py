@@ -96,12 +96,11 @@ class SavedRun:
     return checkpoint_steps(self.workdir)
 
   def model_config(self) -> Any:
-    from lmjax.config import model_config  # pylint: disable=import-outside-toplevel
+    from lmjax.models import model_config  # pylint: disable=import-outside-toplevel
     return model_config(self.config, self.tokenizer.vocab_size)
 
   def model(self) -> Any:
-    from lmjax.models import build_model  # pylint: disable=import-outside-toplevel
-    return build_model(self.model_config())
+    return self.model_config().build()
 
   def load_params(self, step: int | None = None) -> tuple[Any, int]:
     return load_params(self.workdir, step)

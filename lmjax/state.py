@@ -5,7 +5,7 @@ through it, every optimizer moment) carries, with nothing allocated. Those names
 and the real initialization is one jitted call with those `out_shardings`, so every device creates only its own
 shard: a model larger than one device's memory never exists whole anywhere.
 
-`init_args` are the example inputs `model.init` is traced with (a task's `init_args(config)`): a tuple of
+`init_args` are the example inputs `model.init` is traced with (a task's `init_args()`): a tuple of
 positional arguments, or one array for a model that takes only tokens. Only their shapes and dtypes matter.
 """
 
@@ -36,10 +36,20 @@ def _as_tuple(init_args: InitArgs) -> tuple[jax.Array, ...]:
   return init_args if isinstance(init_args, tuple) else (init_args,)
 
 
+def boxed_params(model: nn.Module, init_args: InitArgs) -> Any:
+  """The parameters' shapes, still in their nn.Partitioned boxes (logical axis names), nothing allocated."""
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *_as_tuple(init_args)))["params"]
+
+
+def abstract_params(model: nn.Module, init_args: InitArgs) -> tuple[Any, Any]:
+  """(ShapeDtypeStructs, logical PartitionSpecs) of a model's parameters, nothing allocated."""
+  boxed = boxed_params(model, init_args)
+  return strip_boxes(boxed), nn.get_partition_spec(boxed)
+
+
 def param_axes(model: nn.Module, init_args: InitArgs) -> Any:
   """The logical axis names of every parameter, e.g. ('embed', 'mlp'), as a pytree of PartitionSpecs."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *_as_tuple(init_args)))["params"]
-  return nn.get_partition_spec(boxed)
+  return nn.get_partition_spec(boxed_params(model, init_args))
 
 
 def _init_boxed(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
@@ -52,7 +62,7 @@ def _init_boxed(model: nn.Module, optimizer: optax.GradientTransformation, seed:
                     nonfinite_streak=zero, skipped_steps=zero)
 
 
-def _strip_boxes(tree: Any) -> Any:
+def strip_boxes(tree: Any) -> Any:
   """The values inside nn.Partitioned boxes. (nn.meta.unbox would also add sharding constraints, which only make
   sense on traced arrays, not on the shape structs of eval_shape.)"""
   return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
@@ -64,20 +74,20 @@ def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, s
   """A NamedSharding per state leaf, from the logical axes of the parameters and config.mesh.rules."""
   from lmjax import sharding  # plain JAX; imported here to keep this module's import light
   boxed = jax.eval_shape(lambda: _init_boxed(model, optimizer, seed, init_args))
-  return sharding.tree_shardings(_strip_boxes(boxed), nn.get_partition_spec(boxed), mesh, rules)
+  return sharding.tree_shardings(strip_boxes(boxed), nn.get_partition_spec(boxed), mesh, rules)
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
                        init_args: InitArgs, shardings: Any = None) -> TrainState:
   """Initialized state; with `shardings` (from state_shardings) each device materializes only its shard."""
-  init = lambda: _strip_boxes(_init_boxed(model, optimizer, seed, init_args))
+  init = lambda: strip_boxes(_init_boxed(model, optimizer, seed, init_args))
   return jax.jit(init, out_shardings=shardings)()
 
 
 def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
                          init_args: InitArgs, shardings: Any = None) -> TrainState:
   """Shapes, dtypes and (given) shardings only: the restore target for a checkpoint, which restores sharded."""
-  shapes = jax.eval_shape(lambda: _strip_boxes(_init_boxed(model, optimizer, seed, init_args)))
+  shapes = jax.eval_shape(lambda: strip_boxes(_init_boxed(model, optimizer, seed, init_args)))
   if shardings is None:
     return shapes
   return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

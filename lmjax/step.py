@@ -1,8 +1,8 @@
 """Pure train and eval steps: (state, batch) -> (state, metrics). No I/O; jitted by the caller.
 
-Every step also takes an optional `frozen` argument: parameters the task reads but never trains (a distillation
-teacher). None for most tasks, which then see exactly the calls they always did; otherwise it is passed on as the
-task's last positional argument, outside the gradient and the optimizer.
+Every step also takes a `frozen` argument: parameters the task reads but never trains (a distillation teacher),
+None for most tasks. It is passed on to the task's loss, eval sums and predictions, outside the gradient and the
+optimizer.
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ import jax.numpy as jnp
 import optax
 
 from lmjax.state import TrainState
-
-
-def _frozen_args(frozen: Any) -> tuple[Any, ...]:
-  return () if frozen is None else (frozen,)
 
 
 def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, task: Any,
@@ -34,12 +30,12 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   micro = jax.tree_util.tree_map(split, batch)
 
   def summed_loss(p, mb, r):
-    loss, aux = task.loss(p, mb, r, *_frozen_args(frozen))
+    loss, aux = task.loss(p, mb, r, frozen)
     return loss * aux["tokens"], aux
 
   # A task's other metrics (per-head losses, say) are averaged with the loss's weights.
   first = jax.tree_util.tree_map(lambda x: x[0], micro)
-  extra_shapes = {k: v for k, v in jax.eval_shape(task.loss, params, first, rng, *_frozen_args(frozen))[1].items()
+  extra_shapes = {k: v for k, v in jax.eval_shape(task.loss, params, first, rng, frozen)[1].items()
                   if k not in ("loss", "tokens")}
 
   def body(carry, inputs):
@@ -66,7 +62,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = Non
   rng = jax.random.fold_in(state.rng, state.step)
   if microbatches == 1:
     # Differentiated with respect to the first argument only: frozen parameters get no gradient.
-    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng, *_frozen_args(frozen))
+    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng, frozen)
   else:
     (loss, aux), grads = accumulated_grads(state.params, batch, rng, task=task, microbatches=microbatches,
                                            frozen=frozen)
@@ -96,9 +92,9 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], frozen: Any = 
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any) -> dict[str, jax.Array]:
-  return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), task.eval_sums(params, batch, *_frozen_args(frozen)))
+  return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), task.eval_sums(params, batch, frozen))
 
 
 def predict_step(params: Any, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any) -> dict[str, jax.Array]:
   """The task's per-example predictions, with the batch's example indices so rows are matched to examples."""
-  return {**task.predict(params, batch, *_frozen_args(frozen)), "index": batch["index"]}
+  return {**task.predict(params, batch, frozen), "index": batch["index"]}

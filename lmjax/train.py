@@ -20,30 +20,16 @@ from lmjax import metrics as metrics_lib
 from lmjax import init_from, programs, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
 from lmjax.config import ConfigError, validate
-from lmjax.data import sources
-from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer, build_tokenizer
+from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.decode import generate, generate_without_cache, step_decoder
+from lmjax.models.base import FitResult
 from lmjax.optim import learning_rate_schedule
+from lmjax.prepare import data_dir_of, prepare_tokenizer
 from lmjax.preemption import Preempted, StopSignals
+from lmjax.registry import TASKS
 from lmjax.state import abstract_train_state, count_params, create_train_state
-from lmjax.tasks import get_task
-from lmjax.tasks.base import TaskData
+from lmjax.tasks.base import Task, TaskData, VocabInfo
 from lmjax.workdir import check_and_record_config
-
-
-def data_dir_of(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-  return Path(config.data.data_dir) if config.data.data_dir else workdir / "data"
-
-
-def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path) -> Tokenizer:
-  """Trained (or collected) on the training split once, then loaded from workdir/tokenizer."""
-  data_dir = data_dir_of(config, workdir)
-  texts = lambda: sources.iter_texts(config.data, config.data.train_split, data_dir)
-  task_texts = getattr(get_task(config.task), "tokenizer_texts", None)
-  if task_texts is not None:  # a task whose data are not plain documents (parallel pairs) says what to train on
-    texts = lambda: task_texts(config, data_dir)
-  return build_tokenizer(config.tokenizer.kind, texts, workdir / "tokenizer", vocab_size=config.tokenizer.vocab_size,
-                         max_training_chars=config.tokenizer.max_training_chars)
 
 
 class NonFiniteError(RuntimeError):
@@ -88,10 +74,6 @@ def _truncate_metrics_after(workdir: Path, step: int) -> None:
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
   os.replace(tmp, path)  # atomic: a kill here leaves the old file or the new one, never half of one
-
-
-# Entries of a train step's metrics that the loop reports itself; any others are the task's own (e.g. mlm_loss).
-_STEP_BOOKKEEPING = ("loss", "tokens", "grad_norm", "skipped")
 
 
 def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -170,48 +152,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   preempted job would; rerunning continues to num_steps.
   """
   validate(config)
-  # The mesh is checked against the devices before any data is read or anything compiles.
-  sharding.check_batch_fits(config, sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh))
+  # The mesh is built once and checked against the devices before any data is read or anything compiles.
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_fits(config, mesh, sharding.logical_rules(config.mesh))
   pretrained = init_from.check(config)  # a fine-tune's pretraining run: checked before the workdir is touched
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  task_class = get_task(config.task)
+  task_class = TASKS.get(config.task)
 
   def prepare():
     check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
     if pretrained is not None:
       init_from.copy_tokenizer(pretrained, workdir)
-    tokenizer = prepare_tokenizer(config, workdir)
+    tokenizer = prepare_tokenizer(config, workdir, task_class)
     return tokenizer, task_class.prepare_data(config, tokenizer, data_dir_of(config, workdir))
   tokenizer, data = _process_zero_first(prepare)
   if task_class.generates_text:
     check_prompt_fits(config, tokenizer)
-  if config.model.name == "ngram":  # count-based: fitted in one pass over the data, no gradient steps
-    from lmjax.models.ngram import fit_and_evaluate
-    return fit_and_evaluate(config, workdir, tokenizer, data.train_tokens, data.eval_tokens)
-  progs = programs.build(config, tokenizer.vocab_size, token_bytes_V=tokenizer.token_byte_lengths(),
-                         token_chars_V=tokenizer.token_char_lengths(), data=data)
+  vocab = VocabInfo(tokenizer.vocab_size, tokenizer.token_byte_lengths(), tokenizer.token_char_lengths())
+  task = task_class.create(config, vocab, data)
+  fitted = task.fit(config, tokenizer, data)
+  if fitted is not None:
+    return _record_fit(config, workdir, fitted)
+  progs = programs.build(config, task, mesh)
   with sharding.activate(progs.mesh, progs.rules):
     return _train(config, workdir, progs, tokenizer, data, stop_at)
+
+
+def _record_fit(config: ml_collections.ConfigDict, workdir: Path, fitted: FitResult) -> dict[str, float]:
+  """A fitted model's record: its metrics at step 1 and its samples. Refitting is deterministic and cheap, so a
+  rerun replaces the record instead of resuming it."""
+  logging.info("%s", writers.eval_line("eval", 1, fitted.metrics["eval"]))
+  if jax.process_index() == 0:
+    (workdir / "metrics.jsonl").unlink(missing_ok=True)
+  writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  try:
+    for split, metrics in fitted.metrics.items():
+      writer.write(1, split, metrics)
+  finally:
+    writer.close()
+  if fitted.samples and jax.process_index() == 0:
+    (workdir / "samples").mkdir(parents=True, exist_ok=True)
+    body = "".join(f"--- sample {i} (step 1) ---\n{text}\n\n" for i, text in enumerate(fitted.samples))
+    (workdir / "samples" / "step_000001.txt").write_text(body)
+    logging.info("sample:\n%s", fitted.samples[0])
+  return fitted.metrics["eval"]
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Programs, tokenizer: Tokenizer,
            data: TaskData, stop_at: int | None) -> dict[str, float]:
   t, d = config.train, config.data
-  if progs.frozen_shardings is not None:
-    # Parameters the steps read but never train (a distillation teacher): loaded at every start or resume, never
-    # part of the checkpoints.
-    progs = progs.with_frozen(progs.task.load_frozen(progs.frozen_shardings))
-  model, task, optimizer, mesh = progs.model, progs.task, progs.optimizer, progs.mesh
-  train_fn, eval_fn, shardings = progs.train_fn, progs.eval_fn, progs.state_shardings
-  schedule = learning_rate_schedule(config.optim, t.num_steps)
+  task: Task = progs.task
+  # Parameters the steps read but never train (a distillation teacher): loaded at every start or resume, never part
+  # of the checkpoints; None for most tasks.
+  frozen = task.load_frozen(progs.frozen_shardings)
+  progs = progs.with_frozen(frozen)
+  model, optimizer, mesh = progs.model, progs.optimizer, progs.mesh
+  shardings = progs.state_shardings
+  train_fn, eval_fn, predict_fn = progs.train_fn, progs.eval_fn, progs.predict_fn
 
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = iter(data.train_dataset(**process))
   eval_sets = {split: [sharding.global_batch(b, mesh, progs.eval_batch_spec) for b in local]
                for split, local in data.eval_sets(**process).items()}
 
-  init_args = task.init_args(config)
+  init_args = task.init_args()
   checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, every=t.checkpoint_every,
                               async_save=t.async_checkpoints)
   restored = None
@@ -229,10 +234,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
       state = state.replace(params=init_from.place(params, shardings.params))
       logging.info("Started %s from %s (step %s); the rest is freshly initialized.", ", ".join(copied),
                    config.finetune.init_from, config.finetune.init_step or "latest")
-    if hasattr(task, "initial_params"):  # a task's own start, e.g. a student's layers copied from its teacher
-      state = state.replace(params=task.initial_params(state.params, progs.frozen))
+    state = state.replace(params=task.initial_params(state.params, frozen))
   step = int(state.step)
-  num_params, first_row = count_params(state.params), True  # the size goes into the first train record
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %s.", config.model.name,
                f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind, data.summary)
@@ -240,16 +243,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules) if task.generates_text else None
   writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
 
-  scores = progs.predict_fn is not None and hasattr(data, "score")
-
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
     for split, batches in eval_sets.items():
       split_metrics = evaluate(eval_fn, state.params, batches, task)
-      if scores:
+      if predict_fn is not None:
         out_dir = workdir / "predictions" if write and jax.process_index() == 0 else None
-        split_metrics |= score_predictions(progs.predict_fn, state.params, batches, data, split, step, out_dir)
-      logging.info("%s step %d | %s", split, step,
-                   " | ".join(f"{k} {v:.4f}" for k, v in split_metrics.items() if k != "tokens"))
+        split_metrics |= score_predictions(predict_fn, state.params, batches, data, split, step, out_dir)
+      logging.info("%s", writers.eval_line(split, step, split_metrics))
       if write:
         writer.write(step, split, split_metrics)
       if split == "eval":
@@ -261,10 +261,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
     return metrics
 
   end = t.num_steps if stop_at is None else min(stop_at, t.num_steps)
-  tokens_per_step = t.batch_size * d.seq_len
-  pending: list[dict[str, jax.Array]] = []
-  # Throughput counts training only: compiling, evaluating and checkpointing are timed and left out.
-  interval_start, interval_steps, excluded_s, eval_metrics = time.perf_counter(), 0, 0.0, {}
+  log = writers.TrainLog(tokens_per_step=t.batch_size * d.seq_len,
+                         learning_rate=learning_rate_schedule(config.optim, t.num_steps),
+                         num_params=count_params(state.params))
+  eval_metrics: dict[str, float] = {}
   first_call = True
   try:
     with StopSignals() as stop:
@@ -273,33 +273,18 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
         call_start = time.perf_counter()
         batches = sharding.global_batch(_stack([next(train_iter) for _ in range(k)]), mesh, progs.train_batch_spec)
         state, step_metrics = train_fn(state, batches)
-        pending.append(step_metrics)
         step += k
+        compiled_in = None
         if first_call:
           jax.block_until_ready(step_metrics)
-          compile_s = time.perf_counter() - call_start
-          logging.info("Compiled and ran the first train call in %.1f s.", compile_s)
-          excluded_s, first_call = excluded_s + compile_s, False
-        else:
-          interval_steps += k
+          compiled_in, first_call = time.perf_counter() - call_start, False
+          logging.info("Compiled and ran the first train call in %.1f s.", compiled_in)
+        log.add(step_metrics, k, compiled_in=compiled_in)
 
         if step % t.log_every == 0 or step == end:
-          fetched = jax.device_get(pending)
-          gather = lambda key: np.concatenate([np.atleast_1d(m[key]) for m in fetched])
-          ok = gather("skipped") == 0
-          mean_ok = lambda key: float(np.mean(gather(key)[ok])) if ok.any() else float("nan")
-          train_s = time.perf_counter() - interval_start - excluded_s
-          seconds_per_step = train_s / interval_steps if interval_steps else float("nan")
-          row = {"num_params": num_params} if first_row else {}
-          first_row = False
-          row |= {"loss": mean_ok("loss")}
-          row |= {key: mean_ok(key) for key in sorted(fetched[0]) if key not in _STEP_BOOKKEEPING}  # task metrics
-          row |= {"grad_norm": mean_ok("grad_norm"),
-                  "learning_rate": float(schedule(step - 1)), "skipped_steps": float((~ok).sum()),
-                  "steps_per_s": 1.0 / seconds_per_step, "tokens_per_s": tokens_per_step / seconds_per_step}
+          row = log.row(step)
           writer.write(step, "train", row)
-          logging.info("%s", writers.progress_line(step, t.num_steps, row, seconds_per_step * (t.num_steps - step)))
-          pending, interval_start, interval_steps, excluded_s = [], time.perf_counter(), 0, 0.0
+          logging.info("%s", writers.progress_line(step, t.num_steps, row, (t.num_steps - step) / row["steps_per_s"]))
 
         streak = int(state.nonfinite_streak)
         if streak >= t.max_nonfinite_steps:
@@ -317,7 +302,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
             checkpointer.save(step, state, train_iter, force=True)
           checkpointer.wait()
           raise Preempted(step, stop.received or "a stop signal on another process")
-        excluded_s += time.perf_counter() - pause_start
+        log.exclude(time.perf_counter() - pause_start)
   finally:
     checkpointer.close()
     writer.close()

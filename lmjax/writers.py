@@ -8,9 +8,10 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import jax
+import numpy as np
 from absl import logging
 
 
@@ -54,6 +55,66 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     except json.JSONDecodeError:  # a line cut short by a killed process
       logging.warning("Skipping a malformed line in %s: %r", path, line[:80])
   return records
+
+
+# Entries of a train step's metrics that TrainLog reports itself; any others are the task's own (e.g. mlm_loss).
+_STEP_BOOKKEEPING = ("loss", "tokens", "grad_norm", "skipped")
+
+
+class TrainLog:
+  """The train record of each logging interval, from the metrics of the train calls in it.
+
+  Means are over the steps that were not skipped (a non-finite step changed nothing, so its loss says nothing about
+  the model). Throughput counts training only: the first call (which compiles) and the seconds passed to `exclude`
+  (evaluating, checkpointing) are left out. The first record also carries the model's parameter count.
+  """
+
+  def __init__(self, *, tokens_per_step: int, learning_rate: Callable[[int], Any], num_params: int):
+    self.tokens_per_step, self.learning_rate, self.num_params = tokens_per_step, learning_rate, num_params
+    self._first_row = True
+    self._start_interval()
+
+  def _start_interval(self) -> None:
+    self._pending: list[dict[str, Any]] = []
+    self._start, self._steps, self._excluded = time.perf_counter(), 0, 0.0
+
+  def add(self, step_metrics: dict[str, Any], steps: int, *, compiled_in: float | None = None) -> None:
+    """One train call's metrics ([steps] each, still on device). `compiled_in`: the call compiled, and took this
+    many seconds."""
+    self._pending.append(step_metrics)
+    if compiled_in is None:
+      self._steps += steps
+    else:
+      self._excluded += compiled_in
+
+  def exclude(self, seconds: float) -> None:
+    self._excluded += seconds
+
+  @property
+  def seconds_per_step(self) -> float:
+    train_s = time.perf_counter() - self._start - self._excluded
+    return train_s / self._steps if self._steps else float("nan")
+
+  def row(self, step: int) -> dict[str, float]:
+    """The interval's record (fetching its metrics from the devices), and a fresh interval."""
+    fetched = jax.device_get(self._pending)
+    gather = lambda key: np.concatenate([np.atleast_1d(m[key]) for m in fetched])
+    ok = gather("skipped") == 0
+    mean_ok = lambda key: float(np.mean(gather(key)[ok])) if ok.any() else float("nan")
+    seconds_per_step = self.seconds_per_step
+    row = {"num_params": self.num_params} if self._first_row else {}
+    self._first_row = False
+    row |= {"loss": mean_ok("loss")}
+    row |= {key: mean_ok(key) for key in sorted(fetched[0]) if key not in _STEP_BOOKKEEPING}  # the task's metrics
+    row |= {"grad_norm": mean_ok("grad_norm"), "learning_rate": float(self.learning_rate(step - 1)),
+            "skipped_steps": float((~ok).sum()), "steps_per_s": 1.0 / seconds_per_step,
+            "tokens_per_s": self.tokens_per_step / seconds_per_step}
+    self._start_interval()
+    return row
+
+
+def eval_line(split: str, step: int, metrics: Mapping[str, float]) -> str:
+  return f"{split} step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens")
 
 
 def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], seconds_left: float) -> str:

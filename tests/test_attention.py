@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from lmjax.config import ModelConfig
+from lmjax.models import model_config
 from lmjax.models import build_model
 from lmjax.models.attention import attention_mask, fused_attention, reference_attention
 
-CFG = ModelConfig(vocab_size=50, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16)
+CFG = model_config(vocab_size=50, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16)
 
 
 def naive_attention(q, k, v, mask):
@@ -68,7 +68,7 @@ def test_attention_mask_is_causal_and_per_document():
 
 
 def test_no_gradient_flows_from_future_tokens():
-  cfg = dataclasses.replace(CFG, tie_embeddings=False)
+  cfg = CFG.replace(tie_embeddings=False)
   model = build_model(cfg)
   L, t = 12, 5
   # Ids 0..9 appear only at positions <= t, ids 40..49 only after t.
@@ -90,7 +90,7 @@ def test_no_gradient_flows_from_future_tokens():
 
 @pytest.mark.parametrize("position", ["learned", "sinusoidal"])
 def test_packed_documents_do_not_attend_across(position):
-  model = build_model(dataclasses.replace(CFG, position=position))
+  model = build_model(CFG.replace(position=position))
   rng = np.random.default_rng(3)
   doc_a, doc_b = rng.integers(0, 50, 6), rng.integers(0, 50, 9)
   packed = jnp.asarray([np.r_[doc_a, doc_b]], jnp.int32)
@@ -107,7 +107,7 @@ def test_packed_documents_do_not_attend_across(position):
 def test_post_norm_and_untied_variants_run_and_differ():
   tokens = jnp.asarray([[1, 2, 3, 4]], jnp.int32)
   outs = []
-  for variant in (CFG, dataclasses.replace(CFG, pre_norm=False), dataclasses.replace(CFG, tie_embeddings=False)):
+  for variant in (CFG, CFG.replace(pre_norm=False), CFG.replace(tie_embeddings=False)):
     model = build_model(variant)
     params = model.init(jax.random.PRNGKey(0), tokens)["params"]
     logits = np.asarray(model.apply({"params": params}, tokens))

@@ -12,7 +12,7 @@ from flax import linen as nn
 
 from configs import tiny
 from lmjax import train
-from lmjax.config import ModelConfig
+from lmjax.models import model_config
 from lmjax.data.corpus import read_embedded_corpus
 from lmjax.data.tokenizers import BOS_ID, EOS_ID
 from lmjax.models import build_model, ngram
@@ -133,8 +133,8 @@ def test_contexts_are_the_tokens_a_neural_model_sees():
 
 # --- neural baselines: packing and causality --------------------------------------------------------------------
 
-def model_config(name, **overrides):
-  return ModelConfig(**{**dict(vocab_size=50, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_len=16,
+def small_config(name, **overrides):
+  return model_config(**{**dict(vocab_size=50, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_len=16,
                                ffnn_context=4, name=name), **overrides})
 
 
@@ -145,7 +145,7 @@ def init(cfg, tokens_BL):
 
 @pytest.mark.parametrize("name, tie", [("ffnn", True), ("ffnn", False), ("lstm", True), ("lstm", False)])
 def test_parameters_use_known_logical_axes(name, tie):
-  model = build_model(model_config(name, tie_embeddings=tie, activation="swiglu" if name == "ffnn" else "gelu"))
+  model = build_model(small_config(name, tie_embeddings=tie, activation="swiglu" if name == "ffnn" else "gelu"))
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))["params"]
   specs = jax.tree_util.tree_leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, tuple))
   assert specs and all(set(spec) <= {"vocab", "embed", "mlp", None} for spec in specs)
@@ -156,7 +156,7 @@ def test_parameters_use_known_logical_axes(name, tie):
 def test_packed_documents_are_independent(name):
   rng = np.random.default_rng(4)
   doc_a, doc_b = rng.integers(0, 50, 6), rng.integers(0, 50, 9)
-  model, params = init(model_config(name), jnp.zeros((1, 15), jnp.int32))
+  model, params = init(small_config(name), jnp.zeros((1, 15), jnp.int32))
   packed = model.apply({"params": params}, jnp.asarray([np.r_[doc_a, doc_b]], jnp.int32),
                        positions_BL=jnp.asarray([np.r_[np.arange(6), np.arange(9)]], jnp.int32),
                        segment_ids_BL=jnp.asarray([[1] * 6 + [2] * 9], jnp.int32))
@@ -173,7 +173,7 @@ def test_packed_documents_are_independent(name):
 def test_causal(name):
   rng = np.random.default_rng(5)
   tokens = jnp.asarray(rng.integers(0, 50, (2, 10)), jnp.int32)
-  model, params = init(model_config(name, tie_embeddings=False), tokens)
+  model, params = init(small_config(name, tie_embeddings=False), tokens)
   changed = tokens.at[:, 6:].set((tokens[:, 6:] + 1) % 50)
   before = np.asarray(model.apply({"params": params}, tokens))
   after = np.asarray(model.apply({"params": params}, changed))
@@ -185,7 +185,7 @@ def test_causal(name):
 def test_ffnn_sees_exactly_its_window():
   rng = np.random.default_rng(6)
   tokens = jnp.asarray(rng.integers(0, 50, (1, 12)), jnp.int32)
-  model, params = init(model_config("ffnn", ffnn_context=3), tokens)
+  model, params = init(small_config("ffnn", ffnn_context=3), tokens)
   before = np.asarray(model.apply({"params": params}, tokens))
   after = np.asarray(model.apply({"params": params}, tokens.at[0, 4].set((tokens[0, 4] + 1) % 50)))
   changed = ~np.isclose(before[0], after[0], atol=1e-7).all(-1)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import tiny
-from lmjax.config import model_config
+from lmjax.models import model_config
 from lmjax.models import build_model
 from lmjax.state import count_params
 

@@ -10,9 +10,10 @@ import pytest
 from flax import linen as nn
 
 from configs import bert_base, bert_tiny
-from lmjax import programs, sharding, train
+from lmjax import prepare, programs, sharding, train
 from lmjax.checkpoint import load_saved_state
-from lmjax.config import ConfigError, ModelConfig, base_config, model_config, validate
+from lmjax.config import ConfigError, base_config, validate
+from lmjax.models import model_config
 from lmjax.data import mlm_pairs
 from lmjax.data.tokenizers import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, UNK_ID
 from lmjax.models import build_model
@@ -20,6 +21,7 @@ from lmjax.models.encoder import Bert, Encoder
 from lmjax.state import create_train_state
 from lmjax.tasks.causal_lm import CausalLmTask
 from lmjax.tasks.mlm import MlmTask
+from lmjax.tasks.base import VocabInfo
 from lmjax.workdir import changed_fields
 from lmjax.writers import read_metrics
 
@@ -174,7 +176,7 @@ def test_one_document_cannot_make_random_pairs():
 def encoder_config(**overrides):
   fields = dict(vocab_size=VOCAB, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_len=16, pre_norm=False,
                 name="bert")
-  return ModelConfig(**{**fields, **overrides})
+  return model_config(**{**fields, **overrides})
 
 
 @pytest.mark.parametrize("position", ["learned", "sinusoidal", "none", "rope", "alibi", "t5"])
@@ -277,10 +279,10 @@ def small_mlm_config(**model):
 def test_abstract_batch_matches_the_real_batches(corpus, tmp_path, task_class, config):
   config.data.update(source="files", paths=str(corpus), seq_len=32)
   config.train.batch_size, config.train.eval_batches = 4, 1
-  tokenizer = train.prepare_tokenizer(config, tmp_path)
+  tokenizer = prepare.prepare_tokenizer(config, tmp_path)
   data = task_class.prepare_data(config, tokenizer, tmp_path / "data")
-  task = task_class.create(config, tokenizer.vocab_size)
-  want = {k: (s.shape, s.dtype) for k, s in task.abstract_batch(config, 4).items()}
+  task = task_class.create(config, VocabInfo(tokenizer.vocab_size))
+  want = {k: (s.shape, s.dtype) for k, s in task.abstract_batch(4).items()}
   for batch in (next(iter(data.train_dataset(0, 1))), data.eval_sets(0, 1)["eval"][0]):
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == want
 
@@ -288,7 +290,7 @@ def test_abstract_batch_matches_the_real_batches(corpus, tmp_path, task_class, c
 def test_mlm_train_step_compiles_from_shapes_alone():
   """What lmjax.aot and the benchmarks do: lower the step from the task's abstract state and batch."""
   config = small_mlm_config(remat="full", attention_impl="jax")
-  progs = programs.build(config, VOCAB, devices=jax.devices()[:1])
+  progs = programs.build_without_data(config, VOCAB, devices=jax.devices()[:1])
   with sharding.activate(progs.mesh, progs.rules):
     lowered = progs.train_fn.lower(progs.abstract_state(config), progs.abstract_train_batches(config))
   assert "dot_general" in lowered.as_text()
@@ -301,9 +303,9 @@ def synthetic_batch(config, vocab, seed=0):
 
 
 def mlm_losses(config, devices, calls=2):
-  progs = programs.build(config, VOCAB, devices=devices)
+  progs = programs.build_without_data(config, VOCAB, devices=devices)
   with sharding.activate(progs.mesh, progs.rules):
-    state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(config),
+    state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(),
                                progs.state_shardings)
     batch = {k: v[None] for k, v in synthetic_batch(config, VOCAB).items()}
     out = []
@@ -369,8 +371,8 @@ def test_mlm_and_nsp_learn_through_train_and_evaluate(corpus, tmp_path):
   it reaches ~2.6x by step 600. NSP: chance is 0.5, the language cue allows ~0.88, it reaches ~0.9."""
   config = tiny_mlm_config(corpus)
   final = train.train_and_evaluate(config, tmp_path)
-  tokenizer = train.prepare_tokenizer(config, tmp_path)
-  data = MlmTask.prepare_data(config, tokenizer, train.data_dir_of(config, tmp_path))
+  tokenizer = prepare.prepare_tokenizer(config, tmp_path)
+  data = MlmTask.prepare_data(config, tokenizer, prepare.data_dir_of(config, tmp_path))
   targets = np.concatenate([b["mlm_targets"][b["mlm_weights"] > 0] for b in data.eval_sets(0, 1)["eval"]])
   majority = np.bincount(targets).max() / targets.size
   assert final["mlm_accuracy"] > 2 * majority

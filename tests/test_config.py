@@ -8,7 +8,8 @@ import ml_collections
 import jax.numpy as jnp
 import pytest
 
-from lmjax.config import ConfigError, base_config, model_config, validate
+from lmjax.config import ConfigError, base_config, validate
+from lmjax.models import model_config
 from lmjax.models import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -16,13 +16,13 @@ import pytest
 
 from configs import tiny
 from lmjax import decode, train
-from lmjax.config import ModelConfig
+from lmjax.models import model_config
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from lmjax.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 # A larger init than training's 0.02, so that random weights give well-separated logits that depend on the context.
-CFG = ModelConfig(vocab_size=40, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16, init_std=0.3)
+CFG = model_config(vocab_size=40, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16, init_std=0.3)
 
 
 def init(cfg):
@@ -50,11 +50,11 @@ VARIANTS = {
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cached_decoding_equals_full_recomputation(name):
-  cfg = dataclasses.replace(CFG, **VARIANTS[name])
+  cfg = CFG.replace(**VARIANTS[name])
   model, params = init(cfg)
   decoder = decode.step_decoder(model)
   # Relative positions (and sinusoids) decode past max_len=16; learned positions stop there.
-  new = 9 if cfg.position == "learned" else 14
+  new = 9 if cfg.position.kind == "learned" else 14
   prompts = [[1, 7, 8, 9, 10, 11], [1, 12, 13]]  # different lengths in one batch, right-padded
   prompt_BP = np.zeros((2, 6), np.int32)
   for b, p in enumerate(prompts):
@@ -83,7 +83,7 @@ def test_cached_decoding_equals_full_recomputation(name):
 
 
 def test_cache_holds_kv_heads_only():
-  model, _ = init(dataclasses.replace(CFG, num_kv_heads=2))
+  model, _ = init(CFG.replace(num_kv_heads=2))
   cache = model.init_cache(3, 10)
   assert len(cache) == CFG.num_layers and cache[0].k_BKMd.shape == (3, 2, 10, CFG.d_model // CFG.num_heads)
 
@@ -96,7 +96,7 @@ def test_learned_positions_refuse_to_run_past_max_len():
 
 
 def test_temperature_zero_is_greedy_and_beam_size_one_is_greedy():
-  model, params = init(dataclasses.replace(CFG, position="rope"))
+  model, params = init(CFG.replace(position="rope"))
   decoder = decode.step_decoder(model)
   prompt_BP, lengths_B = jnp.asarray([[1, 5, 6, 7], [1, 9, 0, 0]]), jnp.asarray([4, 2])
   greedy = decode.generate(decoder, params, prompt_BP, lengths_B, jax.random.PRNGKey(0), max_new_tokens=10,

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from conftest import single_device_env  # noqa: E402  (first: it puts the repository on sys.path)
 from configs import bert_tiny, tiny  # noqa: E402
-from lmjax import programs, sharding, train  # noqa: E402
+from lmjax import prepare, programs, sharding, train  # noqa: E402
 from lmjax.checkpoint import load_saved_state  # noqa: E402
 from lmjax.config import ConfigError, base_config, flatten, validate  # noqa: E402
 from lmjax.distill import layers as layer_init  # noqa: E402
@@ -217,12 +217,12 @@ def test_student_converges_to_the_teacher_and_the_teacher_stays_frozen(corpus, t
 def test_teacher_is_a_jit_argument_and_gets_no_update(corpus, teacher):
   config = student_config(corpus, teacher)
   config.train.batch_size = 4
-  tokenizer = train.prepare_tokenizer(config, teacher)
-  progs = programs.build(config, tokenizer.vocab_size, devices=jax.devices()[:1])
+  tokenizer = prepare.prepare_tokenizer(config, teacher)
+  progs = programs.build_without_data(config, tokenizer.vocab_size, devices=jax.devices()[:1])
   assert progs.frozen_shardings is not None
   with sharding.activate(progs.mesh, progs.rules):
     frozen = progs.task.load_frozen(progs.frozen_shardings)
-    state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(config),
+    state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(),
                                progs.state_shardings)
     batches = progs.abstract_train_batches(config)
     lowered = progs.train_fn.lower(progs.abstract_state(config), batches, frozen)

@@ -161,8 +161,8 @@ def test_init_from_copies_encoder_and_pooler_and_keeps_the_fresh_head(pretrained
   config = finetune_config(tmp_path, "classification", **{"finetune.init_from": str(pretrained),
                                                           "finetune.labels": "neg,pos"})
   tokenizer = load_tokenizer(pretrained / "tokenizer")
-  progs = programs.build(config, tokenizer.vocab_size, devices=jax.devices()[:1])
-  fresh = progs.model.init(jax.random.PRNGKey(0), *progs.task.init_args(config))["params"]
+  progs = programs.build_without_data(config, tokenizer.vocab_size, devices=jax.devices()[:1])
+  fresh = progs.model.init(jax.random.PRNGKey(0), *progs.task.init_args())["params"]
   fresh = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), fresh,
                                  is_leaf=lambda x: hasattr(x, "value"))
   params, copied = init_from.pretrained_params(config, fresh)

@@ -218,14 +218,15 @@ def test_imported_checkpoint_restores_as_training_resumes_it(gpt2_run):
   from lmjax.optim import make_optimizer
   from lmjax.state import abstract_train_state
   from lmjax.tasks import get_task
+  from lmjax.tasks.base import VocabInfo
   spec = importlib.util.spec_from_file_location("workdir_config", REPO / "lmjax/hf/workdir_config.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(str(gpt2_run))  # what `lmjax.main --config=lmjax/hf/workdir_config.py:RUN` runs
   run = open_run(gpt2_run)
-  task = get_task(config.task).create(config, run.tokenizer.vocab_size)
+  task = get_task(config.task).create(config, VocabInfo(run.tokenizer.vocab_size))
   target = abstract_train_state(task.model, make_optimizer(config.optim, config.train.num_steps), config.seed,
-                                task.init_args(config))
+                                task.init_args())
   iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
   next(iterator)
   position = iterator.get_state()
@@ -344,10 +345,10 @@ def test_wordpiece_tokenizer_matches_transformers(cased, bert_dir, tmp_path):
 def _native_gpt_run(workdir: Path, **model_fields) -> None:
   """A run with an lmjax byte tokenizer, written the way training writes one (config, tokenizer, step checkpoint)."""
   from lmjax.checkpoint import Checkpointer
-  from lmjax.config import model_config
+  from lmjax.models import model_config
   from lmjax.data.tokenizers import ByteTokenizer
   from lmjax.models import build_model
-  from lmjax.state import _strip_boxes
+  from lmjax.state import strip_boxes
   config = base_config()
   config.tokenizer.kind = "byte"
   config.model.update(dict(num_layers=1, d_model=32, num_heads=4, mlp_dim=64, max_len=32, **model_fields))
@@ -357,7 +358,7 @@ def _native_gpt_run(workdir: Path, **model_fields) -> None:
   ByteTokenizer().save(workdir / "tokenizer")
   model = build_model(model_config(config, ByteTokenizer.vocab_size))
   # Only the parameters matter to export (it reads nothing else of the state).
-  state = {"params": _strip_boxes(jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"])}
+  state = {"params": strip_boxes(jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"])}
   checkpointer = Checkpointer(workdir / "checkpoints", keep=1, every=1, async_save=False)
   checkpointer.save(5, state, force=True)
   checkpointer.close()

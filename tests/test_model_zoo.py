@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from lmjax.config import ConfigError, ModelConfig, base_config, validate
+from lmjax.config import ConfigError, base_config, validate
+from lmjax.models import model_config
 from lmjax.models import build_model
 from lmjax.models.attention import attention_mask, fused_attention, reference_attention
-from lmjax.models.positional import alibi_bias, alibi_slopes, apply_rope, relative_position_bucket
+from lmjax.models.positions.alibi import alibi_bias, alibi_slopes
+from lmjax.models.positions.rope import apply_rope
+from lmjax.models.positions.t5 import relative_position_bucket
 
-CFG = ModelConfig(vocab_size=50, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16)
+CFG = model_config(vocab_size=50, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16)
 RELATIVE_KINDS = ["rope", "alibi", "t5", "none"]
 
 
@@ -127,7 +130,7 @@ def test_t5_buckets_match_reference(bidirectional, num_buckets, max_distance):
 
 
 def test_t5_table_is_shared_by_all_layers():
-  model, params = init(dataclasses.replace(CFG, position="t5"), jnp.zeros((1, 4), jnp.int32))
+  model, params = init(CFG.replace(position="t5"), jnp.zeros((1, 4), jnp.int32))
   assert params["relative_bias"]["rel_embedding"].value.shape == (32, CFG.num_heads)
   assert not any("relative" in k for k in params["layer_0"]["attn"])
   assert "positions" not in params
@@ -137,7 +140,7 @@ def test_t5_table_is_shared_by_all_layers():
 
 @pytest.mark.parametrize("position", RELATIVE_KINDS)
 def test_packed_documents_are_independent(position):
-  cfg = dataclasses.replace(CFG, position=position)
+  cfg = CFG.replace(position=position)
   rng = np.random.default_rng(3)
   doc_a, doc_b = rng.integers(0, 50, 6), rng.integers(0, 50, 9)
   packed = jnp.asarray([np.r_[doc_a, doc_b]], jnp.int32)
@@ -157,7 +160,7 @@ def test_packed_documents_are_independent(position):
 
 @pytest.mark.parametrize("position", RELATIVE_KINDS)
 def test_causal(position):
-  cfg = dataclasses.replace(CFG, position=position, tie_embeddings=False)
+  cfg = CFG.replace(position=position, tie_embeddings=False)
   rng = np.random.default_rng(4)
   tokens = jnp.asarray(rng.integers(0, 50, (1, 10)), jnp.int32)
   model, params = init(cfg, tokens)
@@ -171,7 +174,7 @@ def test_causal(position):
 def test_relative_positions_run_past_max_len():
   tokens = jnp.zeros((1, 3 * CFG.max_len), jnp.int32)
   for position in RELATIVE_KINDS:
-    model, params = init(dataclasses.replace(CFG, position=position), tokens)
+    model, params = init(CFG.replace(position=position), tokens)
     assert np.isfinite(np.asarray(model.apply({"params": params}, tokens))).all()
 
 
@@ -179,7 +182,7 @@ def test_position_kinds_differ():
   tokens = jnp.asarray(np.random.default_rng(5).integers(0, 50, (1, 8)), jnp.int32)
   outs = {}
   for position in RELATIVE_KINDS:
-    model, params = init(dataclasses.replace(CFG, position=position), tokens)
+    model, params = init(CFG.replace(position=position), tokens)
     outs[position] = np.asarray(model.apply({"params": params}, tokens))
   assert not np.allclose(outs["rope"], outs["none"], atol=1e-6)
   assert not np.allclose(outs["alibi"], outs["none"], atol=1e-6)
@@ -213,7 +216,7 @@ def test_grouped_attention_equals_repeated_kv_heads():
 def test_gqa_with_all_kv_heads_is_mha():
   tokens = jnp.asarray(np.random.default_rng(8).integers(0, 50, (2, 7)), jnp.int32)
   model, params = init(CFG, tokens)
-  gqa = build_model(dataclasses.replace(CFG, num_kv_heads=CFG.num_heads))
+  gqa = build_model(CFG.replace(num_kv_heads=CFG.num_heads))
   assert jax.tree_util.tree_structure(gqa.init(jax.random.PRNGKey(0), tokens)["params"]) == \
       jax.tree_util.tree_structure(params)
   np.testing.assert_array_equal(np.asarray(gqa.apply({"params": params}, tokens)),
@@ -226,7 +229,7 @@ def test_grouped_and_multi_query_run_and_are_smaller(impl):
   _, mha_params = init(CFG, tokens)
   sizes = []
   for kv in (2, 1):
-    model, params = init(dataclasses.replace(CFG, num_kv_heads=kv, attention_impl=impl), tokens)
+    model, params = init(CFG.replace(num_kv_heads=kv, attention_impl=impl), tokens)
     logits = np.asarray(model.apply({"params": params}, tokens))
     assert logits.shape == (2, 7, 50) and np.isfinite(logits).all()
     sizes.append(count(params))
@@ -237,7 +240,7 @@ def test_grouped_and_multi_query_run_and_are_smaller(impl):
 
 
 def test_grouped_query_keeps_packed_documents_independent():
-  cfg = dataclasses.replace(CFG, num_kv_heads=2, position="rope")
+  cfg = CFG.replace(num_kv_heads=2, position="rope")
   rng = np.random.default_rng(10)
   doc_a, doc_b = rng.integers(0, 50, 5), rng.integers(0, 50, 4)
   model, params = init(cfg, jnp.zeros((1, 9), jnp.int32))
@@ -254,7 +257,7 @@ def test_grouped_query_keeps_packed_documents_independent():
 def test_gated_mlp_runs_and_differs_from_gelu(activation):
   tokens = jnp.asarray([[1, 2, 3, 4, 5]], jnp.int32)
   _, gelu_params = init(CFG, tokens)
-  model, params = init(dataclasses.replace(CFG, activation=activation), tokens)
+  model, params = init(CFG.replace(activation=activation), tokens)
   assert set(params["layer_0"]["mlp"]) == {"wi_gate", "wi_up", "wo"}
   assert count(params) - count(gelu_params) == CFG.num_layers * (CFG.d_model * CFG.mlp_dim + CFG.mlp_dim)
   logits = np.asarray(model.apply({"params": params}, tokens))
@@ -264,7 +267,7 @@ def test_gated_mlp_runs_and_differs_from_gelu(activation):
 
 def test_swiglu_is_silu_gate_times_up():
   from lmjax.models.layers import Mlp
-  cfg = dataclasses.replace(CFG, activation="swiglu", use_bias=False)
+  cfg = CFG.replace(activation="swiglu", use_bias=False)
   x = jnp.asarray(np.random.default_rng(11).normal(size=(2, 3, CFG.d_model)), jnp.float32)
   mlp = Mlp(cfg, 0.02)
   p = nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), x, True)["params"])
@@ -323,11 +326,11 @@ def test_new_fields_validate():
 
 def test_sinusoidal_positions_follow_the_formula_at_the_embedding_scale():
   """PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(...), scaled so each feature's RMS is init_std."""
-  from lmjax.models.positional import AbsolutePositions
-  cfg = ModelConfig(vocab_size=10, num_layers=1, num_heads=2, d_model=8, mlp_dim=16, max_len=32,
+  from lmjax.models.positions.sinusoidal import SinusoidalPositions
+  cfg = model_config(vocab_size=10, num_layers=1, num_heads=2, d_model=8, mlp_dim=16, max_len=32,
                     position="sinusoidal", init_std=0.02)
   positions_BL = jnp.arange(32)[None]
-  got_LD = np.asarray(AbsolutePositions(cfg).apply({}, positions_BL))[0]
+  got_LD = np.asarray(SinusoidalPositions(cfg).apply({}, positions_BL, method="embedding"))[0]
   p, i = np.arange(32)[:, None], np.arange(4)[None]
   angle = p / 10000.0 ** (2 * i / 8)
   expected_LD = np.zeros((32, 8))

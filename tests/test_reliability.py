@@ -17,7 +17,8 @@ from configs import tiny
 from conftest import single_device_env
 from lmjax import train
 from lmjax.checkpoint import load_saved_state
-from lmjax.config import ConfigError, ModelConfig
+from lmjax.config import ConfigError
+from lmjax.models import model_config
 from lmjax.models import build_model
 from lmjax.preemption import PREEMPTED_EXIT_CODE
 from lmjax.state import create_train_state
@@ -82,7 +83,7 @@ class NanLossTask(CausalLmTask):
 
 
 def test_nonfinite_step_leaves_state_untouched_and_is_counted():
-  cfg = ModelConfig(vocab_size=20, num_layers=1, num_heads=2, d_model=16, mlp_dim=32, max_len=8)
+  cfg = model_config(vocab_size=20, num_layers=1, num_heads=2, d_model=16, mlp_dim=32, max_len=8)
   model = build_model(cfg)
   task = NanLossTask(model)
   optimizer = optax.adamw(1e-2)

@@ -19,14 +19,15 @@ from etils import epath
 
 from conftest import single_device_env
 from lmjax import decode, text_metrics
-from lmjax.config import ConfigError, ModelConfig, base_config, validate
+from lmjax.config import ConfigError, base_config, validate
+from lmjax.models import model_config
 from lmjax.data import parallel
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import EOS_ID, PAD_ID, CharTokenizer
 from lmjax.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = ModelConfig(vocab_size=40, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16, init_std=0.3,
+CFG = model_config(vocab_size=40, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, max_len=16, init_std=0.3,
                   name="encdec")
 
 
@@ -56,10 +57,10 @@ VARIANTS = {
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cached_decoding_equals_full_recomputation(name):
-  cfg = dataclasses.replace(CFG, **VARIANTS[name])
+  cfg = CFG.replace(**VARIANTS[name])
   model, params = init(cfg)
   decoder = decode.step_decoder(model)
-  assert isinstance(decoder, decode.EncoderDecoderStep)
+  assert decoder.takes_encoder_inputs
   source_BS, lengths_S = sources_BS()
   encoder_inputs = {"tokens": source_BS, "lengths": lengths_S}
   new = 8
@@ -95,7 +96,7 @@ def test_the_source_matters_and_padding_does_not():
 
 
 def test_beam_size_one_is_greedy():
-  model, params = init(dataclasses.replace(CFG, position="alibi"))
+  model, params = init(CFG.replace(position="alibi"))
   decoder = decode.step_decoder(model)
   source_BS, lengths_S = sources_BS()
   inputs = {"tokens": source_BS, "lengths": lengths_S}
@@ -258,7 +259,7 @@ PAIRS = [("abc", "cba"), ("abcdef", "fedcba"), ("de", "ed"), ("f", "f"), ("bead"
 @pytest.mark.parametrize("position", ["learned", "t5"])
 def test_packed_rows_give_each_pair_its_own_loss(position):
   """Several pairs in one row: every target token gets the logits it gets alone (masks and positions per pair)."""
-  model, params = init(dataclasses.replace(CFG, position=position))
+  model, params = init(CFG.replace(position=position))
   tok = CharTokenizer("abcdef")
   single = parallel.encode_pairs(PAIRS, tok, source_len=12, target_len=12)
   rows = parallel.pack_rows((single["input_segment_ids"] > 0).sum(1), (single["target_segment_ids"] > 0).sum(1),

@@ -163,11 +163,11 @@ def measure(config: Any, argv: list[str]) -> dict[str, Any]:
   timed_calls = max(1, math.ceil(_STEPS.value / per_call))
   devices = jax.devices()
 
-  progs = programs.build(config, vocab_size)
+  progs = programs.build_without_data(config, vocab_size)
   with sharding.activate(progs.mesh, progs.rules):
     abstract_state = progs.abstract_state(config)
     start = time.perf_counter()
-    lowered = progs.train_fn.lower(abstract_state, progs.abstract_train_batches(config))
+    lowered = progs.train_fn.lower(abstract_state, progs.abstract_train_batches(config), *progs.frozen_args())
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()

@@ -27,11 +27,11 @@ def main() -> None:
   calls = {}
   for variant in ("student", "kd", "teacher"):
     config = module.get_config(variant)
-    progs = programs.build(config, 80, devices=jax.devices()[:1])
+    progs = programs.build_without_data(config, 80, devices=jax.devices()[:1])
     with sharding.activate(progs.mesh, progs.rules):
       if progs.frozen_shardings is not None:
         progs = progs.with_frozen(progs.task.load_frozen(progs.frozen_shardings))
-      state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(config),
+      state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(),
                                  progs.state_shardings)
       shapes = progs.abstract_train_batches(config)
       batch = {k: np.random.default_rng(0).integers(1, 80, s.shape).astype(s.dtype) for k, s in shapes.items()}

@@ -58,8 +58,7 @@ def build_lmjax(dtype: str):
   import jax
   import jax.numpy as jnp
   from configs import gpt2_small
-  from lmjax.config import model_config
-  from lmjax.models import build_model
+  from lmjax.models import build_model, model_config
   c = gpt2_small.get_config()
   c.model.dtype = dtype
   model = build_model(model_config(c, c.tokenizer.vocab_size))

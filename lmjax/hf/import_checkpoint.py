@@ -37,14 +37,15 @@ class Imported:
 def derive_config(hf: dict[str, Any], hf_dir: Path, vocab_size: int, base: Any = None) -> Any:
   """The lmjax config of the imported model: `base` (default: lmjax's defaults) with the model section and the
   tokenizer kind replaced, and the task set to the model's pretraining objective unless `base` trains this model."""
-  from lmjax.config import TASK_MODELS, base_config, validate  # pylint: disable=import-outside-toplevel
+  from lmjax.config import base_config, validate  # pylint: disable=import-outside-toplevel
+  from lmjax.registry import MODELS, TASKS  # pylint: disable=import-outside-toplevel
   arch = for_hf_config(hf, hf_dir / CONFIG_FILE)
   config = base_config() if base is None else base
   for field, value in arch.convert.model_fields(hf).items():
     config.model[field] = value
   config.tokenizer.kind = arch.tokenizer_kind
   config.tokenizer.vocab_size = vocab_size
-  if arch.model_name not in TASK_MODELS.get(config.task, ()):
+  if config.task not in TASKS or not TASKS.get(config.task).trains(MODELS.get(arch.model_name)):
     config.task = arch.task
   config.data.seq_len = min(config.data.seq_len, config.model.max_len)
   if config.task == "mlm" and config.model.type_vocab_size < 2:
@@ -121,7 +122,8 @@ def import_checkpoint(hf_dir: str | Path, workdir: str | Path, base_config: Any 
   from lmjax.checkpoint import Checkpointer, has_checkpoints  # pylint: disable=import-outside-toplevel
   from lmjax.optim import make_optimizer  # pylint: disable=import-outside-toplevel
   from lmjax.state import count_params  # pylint: disable=import-outside-toplevel
-  from lmjax.tasks import get_task  # pylint: disable=import-outside-toplevel
+  from lmjax.registry import TASKS  # pylint: disable=import-outside-toplevel
+  from lmjax.tasks.base import VocabInfo  # pylint: disable=import-outside-toplevel
   from lmjax.workdir import check_and_record_config  # pylint: disable=import-outside-toplevel
 
   hf_dir, workdir = checkpoint_dir(hf_dir), Path(workdir)
@@ -134,9 +136,9 @@ def import_checkpoint(hf_dir: str | Path, workdir: str | Path, base_config: Any 
   config = derive_config(hf, hf_dir, tokenizer.vocab_size, base_config)
   imported, unused = arch.convert.import_params(read_weights(hf_dir), fields, tokenizer.vocab_map)
 
-  task = get_task(config.task).create(config, tokenizer.vocab_size)
+  task = TASKS.get(config.task).create(config, VocabInfo(tokenizer.vocab_size))
   optimizer = make_optimizer(config.optim, config.train.num_steps)
-  state, fresh = _train_state(task.model, optimizer, config.seed, task.init_args(config), imported)
+  state, fresh = _train_state(task.model, optimizer, config.seed, task.init_args(), imported)
 
   workdir.mkdir(parents=True, exist_ok=True)
   check_and_record_config(config, workdir, has_checkpoint=False)
