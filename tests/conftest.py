@@ -19,3 +19,8 @@ def single_device_env(**extra: str) -> dict[str, str]:
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip(),
               **extra)
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: a test that runs training subprocesses for more than a few seconds "
+                                     "(deselect with -m 'not slow')")
