@@ -32,7 +32,7 @@ import jax  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from lmjax import programs, sharding, writers  # pylint: disable=wrong-import-position
+from lmjax import console, programs, sharding  # pylint: disable=wrong-import-position
 from lmjax.config import ConfigError, validate  # pylint: disable=wrong-import-position
 from lmjax.cli import fail, parse_flags  # pylint: disable=wrong-import-position
 from lmjax.state import count_params  # pylint: disable=wrong-import-position
@@ -80,7 +80,7 @@ def check(config, vocab_size: int) -> dict[str, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  writers.quiet_library_logs()
+  console.setup()
   config = _CONFIG.value
   vocab = _VOCAB.value or config.tokenizer.vocab_size or 50304
   if jax.device_count() != _NUM_DEVICES.value:

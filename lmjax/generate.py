@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
+from lmjax import console
 from lmjax.cli import fail, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's directory: config.json, tokenizer/ and checkpoints/.")
@@ -230,11 +231,10 @@ def _quote(text: str) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.setup()
   check_flags()
   prompts = read_prompts()
   workdir = Path(_WORKDIR.value)
-  from lmjax import writers
-  writers.quiet_library_logs()
   config, tokenizer, model = load_run(workdir)
   params, step = load_params(workdir, _STEP.value)
   s = settings()

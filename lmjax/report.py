@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
+from lmjax import console
 from lmjax.config import base_config, flatten
 from lmjax.writers import read_metrics
 
@@ -365,6 +366,7 @@ def main(argv: list[str]) -> None:
     print("error: give one directory: python -m lmjax.report DIR [--metric=loss] [--x=FIELD] [--out=DIR]",
           file=sys.stderr)
     sys.exit(2)
+  console.setup(uses_tfds=False)
   try:
     text, written = report(argv[1], flags.FLAGS.metric, flags.FLAGS.x, flags.FLAGS.out or None)
   except ValueError as e:

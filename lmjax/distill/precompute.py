@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import console
 from lmjax.cli import fail, parse_flags
 from lmjax.config import DISTILL_TASKS, ConfigError, validate
 from lmjax.distill import offline
@@ -90,6 +91,7 @@ def precompute(config: ml_collections.ConfigDict, workdir: str | Path, num_batch
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  console.setup()
   try:
     path = precompute(_CONFIG.value, _WORKDIR.value, _NUM_BATCHES.value)
   except (ConfigError, FileNotFoundError, ValueError) as e:

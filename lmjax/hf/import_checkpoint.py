@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lmjax import console
 from lmjax.hf.architectures import for_hf_config
 from lmjax.hf.files import CONFIG_FILE, HfError, checkpoint_dir, read_config, read_weights
 
@@ -149,12 +150,11 @@ def import_checkpoint(hf_dir: str | Path, workdir: str | Path, base_config: Any 
 
 def main(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from lmjax import writers  # pylint: disable=import-outside-toplevel
   from lmjax.cli import fail  # pylint: disable=import-outside-toplevel
   from lmjax.config import ConfigError  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  writers.quiet_library_logs()
+  console.setup()
   f = flags.FLAGS
   try:
     result = import_checkpoint(f.hf_dir, f.workdir, f.config)
