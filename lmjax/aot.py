@@ -34,7 +34,7 @@ from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
 from lmjax import console, programs, sharding  # pylint: disable=wrong-import-position
 from lmjax.config import ConfigError, validate  # pylint: disable=wrong-import-position
-from lmjax.cli import fail, parse_flags  # pylint: disable=wrong-import-position
+from lmjax.cli import describe_command, fail, parse_flags  # pylint: disable=wrong-import-position
 from lmjax.state import count_params  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gpt2_small.py.", lock_config=True)
@@ -106,5 +106,11 @@ def main(argv):
       sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-aot` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from lmjax import console
-from lmjax.cli import fail, parse_flags
+from lmjax.cli import describe_command, fail, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's directory: config.json, tokenizer/ and checkpoints/.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
@@ -262,5 +262,11 @@ def main(argv: list[str]) -> None:
     print(f"wrote {md} and {jsonl}", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-generate` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

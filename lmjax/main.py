@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmjax import console, distributed, train
-from lmjax.cli import DIVERGED_EXIT_CODE, fail, parse_flags
+from lmjax.cli import DIVERGED_EXIT_CODE, describe_command, fail, parse_flags
 from lmjax.config import ConfigError
 from lmjax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
@@ -46,5 +46,11 @@ def main(argv):
     fail(str(e))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-train` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

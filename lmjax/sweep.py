@@ -40,7 +40,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmjax import console
-from lmjax.cli import fail, parse_flags
+from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import ConfigError, validate
 from lmjax.report import final_step, is_finished
 
@@ -416,5 +416,11 @@ def main(argv: list[str]) -> None:
   sys.exit(exit_code(statuses))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-sweep` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

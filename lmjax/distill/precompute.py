@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lmjax import console
-from lmjax.cli import fail, parse_flags
+from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import DISTILL_TASKS, ConfigError, validate
 from lmjax.distill import offline
 from lmjax.distill.heads import HEADS
@@ -99,10 +99,17 @@ def main(argv):
   print(f"wrote {path}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-distill-precompute` command."""
   # Defined only when run as a program: tests import `precompute` beside other CLIs that also define --config.
+  global _CONFIG, _WORKDIR, _NUM_BATCHES  # pylint: disable=global-statement,global-variable-undefined
   _CONFIG = config_flags.DEFINE_config_file("config", None, "The student's config file.", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir (tokenizer and prepared data).")
   _NUM_BATCHES = flags.DEFINE_integer("num_batches", 0, "Batches to precompute; 0: train.num_steps.")
   flags.mark_flags_as_required(["config", "workdir"])
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -121,8 +121,14 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["workdir", "out_dir"])
 
 
-if __name__ == "__main__":
-  from absl import app
-  from lmjax.cli import parse_flags
+def run() -> None:
+  """The `lmjax-export` command."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from lmjax.cli import describe_command, parse_flags  # pylint: disable=import-outside-toplevel
   _define_flags()
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
