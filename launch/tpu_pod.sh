@@ -11,7 +11,7 @@ usage: launch/tpu_pod.sh SUBCOMMAND [options] [-- lmjax flags...]
 subcommands:
   create   create the slice (needs --accelerator)
   setup    copy this checkout (git archive of --ref) to every worker, or git clone --repo there, and
-           install it with jax[tpu]
+           install it with its tpu extra (pip install -e '.[tpu]': lmjax and jax[tpu])
   run      run `python3 -m lmjax.main FLAGS` on every worker at once, FLAGS being everything after --;
            each worker appends its output to DIR/logs/lmjax-HOSTNAME.log
   logs     copy every worker's log into --log_dir
@@ -161,7 +161,7 @@ case "$subcommand" in
     ;;
 
   setup)
-    install="cd $(sq "$remote_dir") && $(sq "$python") -m pip install -e . 'jax[tpu]'"
+    install="cd $(sq "$remote_dir") && $(sq "$python") -m pip install -e '.[tpu]'"
     if [[ -n "$repo_url" ]]; then
       # Fetching the ref and checking out FETCH_HEAD works alike for a branch, a tag or a commit, and on a rerun
       # updates the existing clone instead of failing on it.

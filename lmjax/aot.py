@@ -32,9 +32,9 @@ import jax  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from lmjax import programs, sharding, writers  # pylint: disable=wrong-import-position
+from lmjax import console, programs, sharding  # pylint: disable=wrong-import-position
 from lmjax.config import ConfigError, validate  # pylint: disable=wrong-import-position
-from lmjax.cli import fail, parse_flags  # pylint: disable=wrong-import-position
+from lmjax.cli import describe_command, fail, parse_flags  # pylint: disable=wrong-import-position
 from lmjax.state import count_params  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gpt2_small.py.", lock_config=True)
@@ -80,7 +80,7 @@ def check(config, vocab_size: int) -> dict[str, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  writers.quiet_library_logs()
+  console.setup()
   config = _CONFIG.value
   vocab = _VOCAB.value or config.tokenizer.vocab_size or 50304
   if jax.device_count() != _NUM_DEVICES.value:
@@ -106,5 +106,11 @@ def main(argv):
       sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-aot` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from lmjax.cli import fail, parse_flags
+from lmjax import console
+from lmjax.cli import describe_command, fail, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's directory: config.json, tokenizer/ and checkpoints/.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
@@ -232,11 +233,10 @@ def _quote(text: str) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.setup()
   check_flags()
   prompts = read_prompts()
   workdir = Path(_WORKDIR.value)
-  from lmjax import writers
-  writers.quiet_library_logs()
   config, tokenizer, model = load_run(workdir)
   params, step = load_params(workdir, _STEP.value)
   s = settings()
@@ -264,5 +264,11 @@ def main(argv: list[str]) -> None:
     print(f"wrote {md} and {jsonl}", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-generate` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

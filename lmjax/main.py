@@ -8,11 +8,11 @@ Rerunning the same command in the same workdir resumes from the latest checkpoin
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from lmjax import distributed, train, writers
-from lmjax.cli import DIVERGED_EXIT_CODE, fail, parse_flags
+from lmjax import console, distributed, train
+from lmjax.cli import DIVERGED_EXIT_CODE, describe_command, fail, parse_flags
 from lmjax.config import ConfigError
 from lmjax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
@@ -30,24 +30,27 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  writers.quiet_library_logs()
+  console.setup()
   config = _CONFIG.value
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value)
   except Preempted as e:
-    logging.warning("%s", e)
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(PREEMPTED_EXIT_CODE)
   except train.NonFiniteError as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(DIVERGED_EXIT_CODE)
   except (ConfigError, FileNotFoundError, ValueError) as e:
     # Bad input is reported in one line, not as a traceback.
-    logging.error("%s", e)
     fail(str(e))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-train` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

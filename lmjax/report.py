@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
+from lmjax import console
+from lmjax.cli import describe_command
 from lmjax.config import base_config, flatten
 from lmjax.writers import read_metrics
 
@@ -365,6 +367,7 @@ def main(argv: list[str]) -> None:
     print("error: give one directory: python -m lmjax.report DIR [--metric=loss] [--x=FIELD] [--out=DIR]",
           file=sys.stderr)
     sys.exit(2)
+  console.setup(uses_tfds=False)
   try:
     text, written = report(argv[1], flags.FLAGS.metric, flags.FLAGS.x, flags.FLAGS.out or None)
   except ValueError as e:
@@ -383,10 +386,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-report` command."""
   # Defined here, not at import, so that lmjax.sweep (which imports is_finished) does not grow these flags.
   flags.DEFINE_string("metric", "loss", "Eval metric for the 'best' column and the metric plot.")
   flags.DEFINE_string("x", "", "Config field for the metric plot, e.g. model.position (or just position); "
                       "default: the one field that differs between runs, if there is exactly one.")
   flags.DEFINE_string("out", "", "Where report.md, report.csv and the plots go; default: the runs directory.")
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

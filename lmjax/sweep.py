@@ -39,7 +39,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmjax.cli import fail, parse_flags
+from lmjax import console
+from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import ConfigError, validate
 from lmjax.report import final_step, is_finished
 
@@ -378,6 +379,7 @@ def exit_code(statuses: dict[str, int | None]) -> int:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}; pass fields as --config.section.field=value")
+  console.setup(uses_tfds=False)
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   base_overrides = {k: _plain(v) for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()}
   workdir = Path(_WORKDIR.value)
@@ -414,5 +416,11 @@ def main(argv: list[str]) -> None:
   sys.exit(exit_code(statuses))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-sweep` command."""
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,9 +1,8 @@
-"""Where metrics go: metrics.jsonl, TensorBoard events, the console, and a loss-curve PNG. Process 0 only."""
+"""Where metrics go: metrics.jsonl, TensorBoard events, the progress line, and a loss-curve PNG. Process 0 only."""
 
 from __future__ import annotations
 
 import json
-import logging as logging_std
 import math
 import os
 import time
@@ -149,22 +148,3 @@ def plot_loss_curves(workdir: str | os.PathLike, filename: str = "loss.png") -> 
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
-
-
-class _DropLibraryInfo(logging_std.Filter):
-  """Orbax and grain log every checkpoint step at INFO; keep their warnings, drop the chatter."""
-  _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}")
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    if f"{os.sep}tensorflow_datasets{os.sep}" in record.pathname:
-      return record.levelno >= logging_std.ERROR  # its warnings are about custom configs, expected here
-    if f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge" in record.pathname:
-      return record.levelno >= logging_std.WARNING  # "Unable to initialize backend 'tpu'" on every CPU run
-    return record.levelno >= logging_std.WARNING or not any(part in record.pathname for part in self._NOISY)
-
-
-def quiet_library_logs() -> None:
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
-  for handler in logging_std.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(_DropLibraryInfo())

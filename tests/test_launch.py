@@ -156,7 +156,7 @@ def test_tpu_options_from_the_environment():
           "--preemptible"} <= set(cmd)
 
 
-def test_tpu_setup_copies_a_git_archive_to_every_worker_and_installs_jax_tpu():
+def test_tpu_setup_copies_a_git_archive_to_every_worker_and_installs_the_tpu_extra():
   archive, scp, ssh = dry_run_lines(TPU_POD, "setup", *POD, "--dry-run")
   assert archive[0] == "git" and "archive" in archive and archive[-1] == "HEAD"
   tarball = archive[archive.index("-o") + 1]
@@ -164,7 +164,7 @@ def test_tpu_setup_copies_a_git_archive_to_every_worker_and_installs_jax_tpu():
   assert tarball in scp and "lm-pod:lmjax.tar.gz" in scp
   assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "lm-pod"] and "--worker=all" in ssh
   remote = shlex.split(next(a for a in ssh if a.startswith("--command=")).removeprefix("--command="))
-  assert remote[remote.index("install"):][:4] == ["install", "-e", ".", "jax[tpu]"]
+  assert remote[remote.index("install"):][:3] == ["install", "-e", ".[tpu]"]
 
 
 def test_tpu_setup_from_a_clone():
@@ -248,8 +248,8 @@ def test_tpu_setup_run_and_logs_work_through_a_shell(tmp_path, fake_pod):
   python = str(fake_python(tmp_path))
   result = run(TPU_POD, "setup", *POD, "--python", python, env=env)
   assert result.returncode == 0, result.stderr
-  assert (home / "lmjax" / "setup.py").exists() and (home / "lmjax" / "launch" / "local_retry.sh").exists()
-  assert recorded_args(out) == ["-m", "pip", "install", "-e", ".", "jax[tpu]"]
+  assert (home / "lmjax" / "pyproject.toml").exists() and (home / "lmjax" / "launch" / "local_retry.sh").exists()
+  assert recorded_args(out) == ["-m", "pip", "install", "-e", ".[tpu]"]
 
   result = run(TPU_POD, "run", *POD, "--python", python, "--", *TRICKY_ARGS, env={**env, "STUB_EXIT": '{"0": 75}'})
   assert result.returncode == 75, result.stderr  # the worker's status, not tee's

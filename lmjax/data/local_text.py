@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 DOCUMENT_SPLITS = ("file", "paragraph", "line")
 INVALID_UTF8 = ("replace", "fail")
@@ -177,6 +178,16 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, docs: list[str]):
     for i, doc in enumerate(docs):
       yield i, {"text": doc, "index": i}
+
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... Subsequent calls will reuse this data."
+  # in bold, outside logging, for every builder: nothing is downloaded here and the sizes are never known, so keep
+  # both out of the console (they stay in the debug log, --verbosity=1).
+  def _log_download_bytes(self) -> None:
+    logging.debug("Preparing %s/%s from %d local files in %s", self.name, self.builder_config.name,
+                  len(self.builder_config.files), self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.debug("Prepared %s/%s in %s", self.name, self.builder_config.name, self.data_dir)
 
 
 def prepare(files: Sequence[Path], data_dir: str | os.PathLike, *, document_split: str = "paragraph",

@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmjax import prepare
-from lmjax.cli import fail, parse_flags
+from lmjax import console, prepare
+from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import ConfigError, validate
 from lmjax.distill import offline
 from lmjax.distill.heads import HEADS
@@ -92,6 +92,7 @@ def precompute(config: ml_collections.ConfigDict, workdir: str | Path, num_batch
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  console.setup()
   try:
     path = precompute(_CONFIG.value, _WORKDIR.value, _NUM_BATCHES.value)
   except (ConfigError, FileNotFoundError, ValueError) as e:
@@ -99,10 +100,17 @@ def main(argv):
   print(f"wrote {path}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `lmjax-distill-precompute` command."""
   # Defined only when run as a program: tests import `precompute` beside other CLIs that also define --config.
+  global _CONFIG, _WORKDIR, _NUM_BATCHES  # pylint: disable=global-statement,global-variable-undefined
   _CONFIG = config_flags.DEFINE_config_file("config", None, "The student's config file.", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir (tokenizer and prepared data).")
   _NUM_BATCHES = flags.DEFINE_integer("num_batches", 0, "Batches to precompute; 0: train.num_steps.")
   flags.mark_flags_as_required(["config", "workdir"])
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lmjax import console
 from lmjax.hf.architectures import for_export
 from lmjax.hf.files import CONFIG_FILE, HfError, write_json, write_weights
 from lmjax.hf.vocab import ROLES, VocabMap
@@ -86,12 +87,11 @@ def export_run(workdir: str | Path, out_dir: str | Path, step: int | None = None
 
 def main(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from lmjax import writers  # pylint: disable=import-outside-toplevel
   from lmjax.cli import fail  # pylint: disable=import-outside-toplevel
   from lmjax.saved_run import RunError  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  writers.quiet_library_logs()
+  console.setup()
   f = flags.FLAGS
   try:
     result = export_run(f.workdir, f.out_dir, f.step)
@@ -121,8 +121,14 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["workdir", "out_dir"])
 
 
-if __name__ == "__main__":
-  from absl import app
-  from lmjax.cli import parse_flags
+def run() -> None:
+  """The `lmjax-export` command."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from lmjax.cli import describe_command, parse_flags  # pylint: disable=import-outside-toplevel
   _define_flags()
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

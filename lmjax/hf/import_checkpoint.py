@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lmjax import console
 from lmjax.hf.architectures import for_hf_config
 from lmjax.hf.files import CONFIG_FILE, HfError, checkpoint_dir, read_config, read_weights
 
@@ -151,12 +152,11 @@ def import_checkpoint(hf_dir: str | Path, workdir: str | Path, base_config: Any 
 
 def main(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from lmjax import writers  # pylint: disable=import-outside-toplevel
   from lmjax.cli import fail  # pylint: disable=import-outside-toplevel
   from lmjax.config import ConfigError  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  writers.quiet_library_logs()
+  console.setup()
   f = flags.FLAGS
   try:
     result = import_checkpoint(f.hf_dir, f.workdir, f.config)
@@ -186,8 +186,14 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["hf_dir", "workdir"])
 
 
-if __name__ == "__main__":
-  from absl import app
-  from lmjax.cli import parse_flags
+def run() -> None:
+  """The `lmjax-import` command."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from lmjax.cli import describe_command, parse_flags  # pylint: disable=import-outside-toplevel
   _define_flags()
+  describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
