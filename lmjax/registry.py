@@ -63,8 +63,7 @@ class Registry(Generic[T]):
   def unknown_message(self, name: Any) -> str:
     close = difflib.get_close_matches(str(name), self._entries, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return (f"config.{self.field}={name!r} is not a registered {self.what}{hint}; choose one of "
-            f"{', '.join(self._entries)}")
+    return f"config.{self.field}={name!r} is invalid: choose one of {', '.join(self._entries)}{hint}"
 
   def get(self, name: str) -> T:
     if name not in self._entries:

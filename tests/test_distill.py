@@ -25,9 +25,10 @@ from lmjax.checkpoint import load_saved_state  # noqa: E402
 from lmjax.config import ConfigError, base_config, flatten, validate  # noqa: E402
 from lmjax.distill import layers as layer_init  # noqa: E402
 from lmjax.distill import losses  # noqa: E402
+from lmjax.distill.heads import CausalLmHeads  # noqa: E402
 from lmjax.distill.teacher import Teacher  # noqa: E402
 from lmjax.state import create_train_state  # noqa: E402
-from lmjax.tasks.distill import DistillLmTask  # noqa: E402
+from lmjax.tasks.distill import DistillLmTask, Settings  # noqa: E402
 from lmjax.writers import read_metrics  # noqa: E402
 
 TEXT = "".join(f"Document {i}: the quick brown fox jumps over the lazy dog {i % 7} times.\n"
@@ -64,8 +65,10 @@ def test_loss_equals_a_numpy_hand_computation():
   config.task = "distill_lm"
   config.distill.update(teacher_workdir="unused", alpha=alpha, temperature=T)
   run = types.SimpleNamespace(config=config)
-  task = DistillLmTask(base=types.SimpleNamespace(model=FixedLogits()), model=FixedLogits(), config=config,
-                       teacher=Teacher(run=run, step=0, model=FixedLogits(), abstract=None, axes=None))
+  task = DistillLmTask(base=types.SimpleNamespace(model=FixedLogits()), model=FixedLogits(),
+                       settings=Settings.from_config(config), heads=CausalLmHeads(),
+                       teacher=Teacher(run=run, step=0, model=FixedLogits(), abstract=None, axes=None,
+                                       heads=CausalLmHeads()))
   batch = {"inputs": np.zeros((B, L), np.int32), "targets": targets, "positions": np.zeros((B, L), np.int32),
            "segment_ids": np.ones((B, L), np.int32), "loss_mask": mask}
   loss, aux = task.loss({"logits": student}, batch, jax.random.PRNGKey(0), {"logits": teacher})

@@ -76,7 +76,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_matches(corpus, tmp_p
 class NanLossTask(CausalLmTask):
   """Gives a NaN loss whenever the batch's first token is odd: a controllable, deterministic fault."""
 
-  def loss(self, params, batch, rng):
+  def loss(self, params, batch, rng, frozen=None):
     loss, aux = super().loss(params, batch, rng)
     bad = batch["inputs"][0, 0] % 2 == 1
     return jnp.where(bad, jnp.nan, loss), aux
@@ -85,7 +85,7 @@ class NanLossTask(CausalLmTask):
 def test_nonfinite_step_leaves_state_untouched_and_is_counted():
   cfg = model_config(vocab_size=20, num_layers=1, num_heads=2, d_model=16, mlp_dim=32, max_len=8)
   model = build_model(cfg)
-  task = NanLossTask(model)
+  task = NanLossTask(model, seq_len=8)
   optimizer = optax.adamw(1e-2)
   state = create_train_state(model, optimizer, 0, jnp.zeros((1, 8), jnp.int32))
 
@@ -107,8 +107,8 @@ def test_nonfinite_step_leaves_state_untouched_and_is_counted():
 
 
 def test_run_stops_with_a_clear_error_after_consecutive_nonfinite_steps(corpus, tmp_path, monkeypatch):
-  monkeypatch.setattr(CausalLmTask, "loss", lambda self, params, batch, rng: (jnp.nan, {"loss": jnp.nan,
-                                                                                        "tokens": 1.0}))
+  monkeypatch.setattr(CausalLmTask, "loss", lambda self, params, batch, rng, frozen=None: (
+      jnp.nan, {"loss": jnp.nan, "tokens": 1.0}))
   c = tiny_config(corpus)
   c.train.max_nonfinite_steps = 3
   with pytest.raises(train.NonFiniteError, match="train.max_nonfinite_steps=3"):

@@ -173,7 +173,7 @@ def measure(config: Any, argv: list[str]) -> dict[str, Any]:
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
 
-    state = create_train_state(progs.model, progs.optimizer, config.seed, progs.sample_tokens(config.data.seq_len),
+    state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(),
                                progs.state_shardings)
     # Two batches alternate: distinct inputs without timing a host-to-device copy per step.
     batches = random_batches(config, vocab_size, 2, progs.mesh, progs.train_batch_spec)
