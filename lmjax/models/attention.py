@@ -129,6 +129,14 @@ def cached_attention(q_BLHd: jax.Array, cache: KVCache, mask_B1LM: jax.Array,
   return jnp.einsum("BKGLM,BKMd->BLKGd", probs_BKGLM, cache.v_BKMd).reshape(B, L, H, d)
 
 
+def unscale(q_BLHd: jax.Array, cfg: Any) -> jax.Array:
+  """Queries for model.scaled_attention=False (T5): every attention path divides q.k by sqrt(d), so the queries
+  are multiplied by sqrt(d) first. The default returns them untouched."""
+  if cfg.scaled_attention:
+    return q_BLHd
+  return q_BLHd * jnp.asarray(q_BLHd.shape[-1] ** 0.5, q_BLHd.dtype)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head self-attention.
 
@@ -155,8 +163,8 @@ class MultiHeadAttention(nn.Module):
     B, L, D = x_BLD.shape
     H, K, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
     dense = lambda feats, name: Projection(
-        feats, ("embed",), (*(None,) * (len(feats) - 2), "heads", "kv"), cfg.init_std, cfg.use_bias, cfg.dtype,
-        cfg.param_dtype, name=name)
+        feats, ("embed",), (*(None,) * (len(feats) - 2), "heads", "kv"), cfg.init_std, cfg.use_bias or cfg.qkv_bias,
+        cfg.dtype, cfg.param_dtype, name=name)
     # Projections run on tokens flattened to N = B*L: see Mlp for why this matters for the backward pass.
     x_ND = x_BLD.reshape(B * L, D)
     if K == H:
@@ -167,6 +175,7 @@ class MultiHeadAttention(nn.Module):
       kv_BL2Kd = dense((2, K, d), "kv")(x_ND).reshape(B, L, 2, K, d)
       k_BLKd, v_BLKd = kv_BL2Kd[:, :, 0], kv_BL2Kd[:, :, 1]
     q_BLHd, k_BLKd = rotate(q_BLHd, rotation), rotate(k_BLKd, rotation)
+    q_BLHd = unscale(q_BLHd, cfg)
     q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
 
     use_dropout = not deterministic and cfg.attention_dropout > 0.0
@@ -204,10 +213,10 @@ class CrossAttention(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.q = Projection((cfg.num_heads, cfg.head_dim), ("embed",), ("heads", "kv"), cfg.init_std, cfg.use_bias,
-                        cfg.dtype, cfg.param_dtype)
+    self.q = Projection((cfg.num_heads, cfg.head_dim), ("embed",), ("heads", "kv"), cfg.init_std,
+                        cfg.use_bias or cfg.qkv_bias, cfg.dtype, cfg.param_dtype)
     self.kv = Projection((2, cfg.kv_heads, cfg.head_dim), ("embed",), (None, "heads", "kv"), cfg.init_std,
-                         cfg.use_bias, cfg.dtype, cfg.param_dtype)
+                         cfg.use_bias or cfg.qkv_bias, cfg.dtype, cfg.param_dtype)
     self.out = Projection((cfg.d_model,), ("heads", "kv"), ("embed",), self.out_std, cfg.use_bias, cfg.dtype,
                           cfg.param_dtype)
     self.dropout = nn.Dropout(cfg.dropout)
@@ -219,7 +228,7 @@ class CrossAttention(nn.Module):
 
   def __call__(self, x_BLD: jax.Array, kv: KVCache, mask_B1LS: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.cfg
-    q_BLHd = self.q(x_BLD)
+    q_BLHd = unscale(self.q(x_BLD), cfg)
     q_BLHd = nn.with_logical_constraint(q_BLHd, ("batch", "length", "heads", "kv"))
     if not deterministic and cfg.attention_dropout > 0.0:
       to_BSKd = lambda x_BKSd: jnp.swapaxes(x_BKSd, 1, 2)

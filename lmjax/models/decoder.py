@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache
 from lmjax.models.layers import dtype_of, normal_init
 from lmjax.models.stack import TransformerConfig, TransformerStack, empty_cache
@@ -48,13 +49,17 @@ class Decoder(nn.Module):
                logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
     """`logits_index_B` keeps one index of each row before the vocabulary projection (logits [B, 1, V]): a prefill
     needs only its last prompt token's logits, and the projection is the largest matmul of the model."""
-    out = self.stack(self.embed(tokens_BL), positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
+    x_BLD = self.embed(tokens_BL)
+    if self.cfg.scale_embeddings:  # Gemma: embeddings times sqrt(d_model), in the compute dtype
+      x_BLD = x_BLD * jnp.asarray(self.cfg.d_model ** 0.5, x_BLD.dtype)
+    out = self.stack(x_BLD, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
                      deterministic=deterministic, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
     if logits_index_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
     logits_BLV = self.embed.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab")).astype(jnp.float32)
+    logits_BLV = logit_mask.apply(logits_BLV, self.cfg.logit_mask)
     return logits_BLV if cache is None else (logits_BLV, new_cache)
 
   # --- the cache interface of lmjax.decode ------------------------------------------------------------------------
@@ -77,6 +82,8 @@ class Decoder(nn.Module):
 @MODELS.register("gpt")
 @dataclasses.dataclass(frozen=True)
 class GptConfig(TransformerConfig):
+  scale_embeddings: bool = False  # token embeddings times sqrt(d_model) before the stack (Gemma)
+
   module: ClassVar[Any] = Decoder
   interface: ClassVar[str] = "next_token"
   decodes: ClassVar[bool] = True

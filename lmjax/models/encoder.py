@@ -22,6 +22,7 @@ import ml_collections
 from flax import linen as nn
 
 from lmjax import config as config_lib
+from lmjax.models import logit_mask
 from lmjax.models.layers import ACTIVATIONS, Norm, Projection, dtype_of, normal_init, zeros_init
 from lmjax.models.stack import TransformerConfig, TransformerStack
 from lmjax.registry import MODELS
@@ -86,7 +87,7 @@ class MlmHead(nn.Module):
       logits_BPV = Projection((cfg.vocab_size,), ("embed",), ("vocab",), cfg.init_std, False, cfg.dtype,
                               cfg.param_dtype, name="decoder")(h_BPD)
     bias_V = self.param("bias", zeros_init("vocab"), (cfg.vocab_size,), dtype_of(cfg.param_dtype))
-    return logits_BPV.astype(jnp.float32) + bias_V.astype(jnp.float32)
+    return logit_mask.apply(logits_BPV.astype(jnp.float32) + bias_V.astype(jnp.float32), cfg.logit_mask)
 
 
 class Bert(nn.Module):

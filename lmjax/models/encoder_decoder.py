@@ -28,6 +28,7 @@ import ml_collections
 from flax import linen as nn
 
 from lmjax import config as config_lib
+from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache, attention_mask
 from lmjax.models.layers import Projection, dtype_of, normal_init
 from lmjax.models.stack import StackNames, TransformerConfig, TransformerStack, empty_cache
@@ -88,8 +89,11 @@ class EncoderDecoder(nn.Module):
     x_BLD, new_cache = (out, None) if cache is None else out
     if logits_index_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
+    if self.cfg.scale_decoder_output:  # T5 v1.0: the output rescaled for its tied embedding
+      x_BLD = x_BLD * jnp.asarray(self.cfg.d_model ** -0.5, x_BLD.dtype)
     logits_BLV = self.target_embed.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab")).astype(jnp.float32)
+    logits_BLV = logit_mask.apply(logits_BLV, self.cfg.logit_mask)
     return logits_BLV if cache is None else (logits_BLV, new_cache)
 
   def __call__(self, source_BS: jax.Array, targets_BL: jax.Array | None = None,
@@ -143,6 +147,7 @@ class EncoderDecoder(nn.Module):
 class EncoderDecoderConfig(TransformerConfig):
   share_embeddings: bool = True  # one embedding table for source and target tokens
   num_decoder_layers: int = 0  # decoder layers; 0 -> model.num_layers
+  scale_decoder_output: bool = False  # the decoder output times d_model^-0.5 before the vocabulary (T5 v1.0)
 
   module: ClassVar[Any] = EncoderDecoder
   interface: ClassVar[str] = "seq2seq"

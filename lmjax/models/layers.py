@@ -29,6 +29,10 @@ def ones_init(*axes: str) -> Callable:
   return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
 
 
+def constant_init(value: float, *axes: str) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.constant(value), axes)
+
+
 class Projection(nn.Module):
   """x [..., *in] . kernel [*in, *out] (+ bias [*out]): a dense layer whose weight keeps its named dimensions.
 
@@ -64,7 +68,11 @@ class Norm(nn.Module):
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     dtype = x_BLD.dtype
     x = x_BLD.astype(jnp.float32)
-    scale_D = self.param("scale", ones_init("embed"), (x.shape[-1],), dtype_of(self.cfg.param_dtype))
+    offset = self.cfg.norm_offset
+    init = ones_init("embed") if not offset else constant_init(1.0 - offset, "embed")  # a multiplier of 1 at init
+    scale_D = self.param("scale", init, (x.shape[-1],), dtype_of(self.cfg.param_dtype))
+    if offset:
+      scale_D = scale_D.astype(jnp.float32) + offset
     if self.cfg.norm == "rmsnorm":
       y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + (self.cfg.norm_eps or 1e-6))
       return (y * scale_D).astype(dtype)

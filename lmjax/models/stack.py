@@ -29,6 +29,7 @@ from flax import linen as nn
 from lmjax import config as config_lib
 from lmjax.models import attention as attention_lib
 from lmjax.models.attention import CrossAttention, KVCache, MultiHeadAttention, attention_mask
+from lmjax.models import logit_mask
 from lmjax.models.base import ModelConfig
 from lmjax.models.layers import ACTIVATIONS, GATED_ACTIVATIONS, NORMS, Mlp, Norm
 from lmjax.models.positions import PositionSettings, Rotation
@@ -61,12 +62,19 @@ class TransformerConfig(ModelConfig):
   attention_dropout: float = 0.0
   attention_impl: str = "xla"
   remat: str = "none"  # recompute activations in the backward pass: 'none', 'full', or 'save_dots' (keep matmuls)
+  # Options of imported checkpoints (lmjax/hf/); each default keeps lmjax's own models as they were.
+  head_width: int = 0  # width of one attention head; 0: d_model // num_heads (Gemma and T5 v1.1 set their own)
+  qkv_bias: bool = False  # biases on the query/key/value projections even when use_bias=False (Qwen2)
+  scaled_attention: bool = True  # False: softmax(q.k) without the 1/sqrt(head width), as T5 was trained
+  norm_offset: float = 0.0  # a norm multiplies by (norm_offset + scale): Gemma stores its RMSNorm scale minus 1
+  logit_mask: str = ""  # lmjax special tokens (comma-separated: 'pad,bos,...') given no probability: the rows an
+  # imported vocabulary lacks, so scores are the checkpoint's own distribution
 
   attention: ClassVar[bool] = True
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+    return self.head_width or self.d_model // self.num_heads
 
   @property
   def kv_heads(self) -> int:
@@ -108,9 +116,10 @@ class TransformerConfig(ModelConfig):
     m = cfg.model
     for field in ("num_layers", "num_heads", "d_model", "mlp_dim", "max_len"):
       config_lib.at_least(cfg, f"model.{field}", 1)
-    if m.d_model % m.num_heads:
+    config_lib.at_least(cfg, "model.head_width", 0)
+    if m.d_model % m.num_heads and not m.head_width:
       config_lib.fail("model.d_model", m.d_model, f"must be divisible by model.num_heads={m.num_heads} "
-                      f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)})")
+                      f"(e.g. {m.num_heads * max(1, m.d_model // m.num_heads)}), or model.head_width set")
     config_lib.at_least(cfg, "model.num_kv_heads", 0)
     if m.num_kv_heads and m.num_heads % m.num_kv_heads:
       divisors = [k for k in range(1, m.num_heads + 1) if m.num_heads % k == 0]
@@ -123,6 +132,7 @@ class TransformerConfig(ModelConfig):
                            ("model.remat", tuple(REMAT_POLICIES))):
       config_lib.one_of(cfg, field, choices)
     config_lib.at_least(cfg, "model.norm_eps", 0.0)
+    logit_mask.validate(cfg)
     config_lib.in_unit_interval(cfg, "model.attention_dropout")
     POSITIONS.get(m.position).validate(cfg)
 
