@@ -403,10 +403,10 @@ def test_import_errors_are_one_line(gpt2_dir, tmp_path):
   assert "huggingface-cli download bert-base-uncased" in error("bert-base-uncased")
   assert "no such directory" in error(str(tmp_path / "missing"))
   assert "config.json is missing" in error(tmp_path)
-  d = tmp_path / "llama"
+  d = tmp_path / "neox"
   d.mkdir()
-  (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
-  assert "model_type='llama' is not supported" in error(d)
+  (d / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+  assert "model_type='gpt_neox' is not supported" in error(d)
   d = tmp_path / "noweights"
   d.mkdir()
   for name in ("config.json", "vocab.json", "merges.txt"):

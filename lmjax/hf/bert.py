@@ -15,14 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from lmjax.hf.adapter import Architecture, Plan, needs
 from lmjax.hf.files import HfError
+from lmjax.hf.tokenizers import read_wordpiece_tokenizer
 from lmjax.hf.vocab import VocabMap
 
 ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
 HEADS = ("pooler", "mlm_head", "nsp_head")
 
 
-def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
+def model_fields(hf: dict[str, Any], names: set[str] = frozenset()) -> dict[str, Any]:
   act = hf.get("hidden_act", "gelu")
   if act not in ACTIVATIONS:
     raise HfError(f"config.json hidden_act={act!r} has no lmjax equivalent (supported: {', '.join(ACTIVATIONS)})")
@@ -44,63 +46,71 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
           "init_std": float(hf.get("initializer_range", 0.02)), "type_vocab_size": hf.get("type_vocab_size", 2)}
 
 
-def _renamed(name: str) -> str:
-  """Original TF-converted checkpoints name LayerNorm parameters gamma/beta."""
-  return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-
-
-def _norm(w: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  return {"scale": w.pop(f"{name}.LayerNorm.weight"), "bias": w.pop(f"{name}.LayerNorm.bias")}
-
-
-def _dense(w: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  return {"kernel": w.pop(f"{name}.weight").T, "bias": w.pop(f"{name}.bias")}
-
-
-def import_params(weights: dict[str, np.ndarray], model: dict[str, Any], vocab: VocabMap) -> tuple[dict, list[str]]:
-  """(lmjax params for the parts the checkpoint has, HF weights left unused). Consumes `weights`."""
-  w = {_renamed(k): v for k, v in weights.items()}
-  spine = "bert." if any(k.startswith("bert.") for k in w) else ""
+def plan(p: Plan, model: dict[str, Any], vocab: VocabMap) -> None:
+  """The parts the checkpoint has; the importer initializes the rest."""
   H, D, d = model["num_heads"], model["d_model"], model["d_model"] // model["num_heads"]
+  spine = "bert." if any(k.startswith("bert.") for k in p.names) else ""
+
+  def name(hf_name: str) -> str:  # original TF-converted checkpoints name LayerNorm parameters gamma/beta
+    for new, old in (("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta")):
+      if hf_name.endswith(new) and not p.has(hf_name) and p.has(hf_name.replace(new, old)):
+        return hf_name.replace(new, old)
+    return hf_name
+
+  def norm(path: str, prefix: str) -> None:
+    p.add(f"{path}/scale", name(f"{prefix}.LayerNorm.weight"))
+    p.add(f"{path}/bias", name(f"{prefix}.LayerNorm.bias"))
+
+  def dense(path: str, prefix: str) -> None:
+    p.add(f"{path}/kernel", f"{prefix}.weight", lambda w: w.T)
+    p.add(f"{path}/bias", f"{prefix}.bias")
+
   e = spine + "embeddings."
-  try:
-    encoder: dict[str, Any] = {
-        "embed": {"embedding": vocab.import_rows(w.pop(e + "word_embeddings.weight"))},
-        "positions": {"embedding": w.pop(e + "position_embeddings.weight")},
-        "token_types": {"embedding": w.pop(e + "token_type_embeddings.weight")},
-        "ln_embed": _norm(w, e[:-1])}
-    for i in range(model["num_layers"]):
-      p = f"{spine}encoder.layer.{i}."
-      qkv = [_dense(w, p + f"attention.self.{n}") for n in ("query", "key", "value")]
-      out = _dense(w, p + "attention.output.dense")
-      encoder[f"layer_{i}"] = {
-          "attn": {"qkv": {"kernel": np.stack([x["kernel"] for x in qkv], axis=1).reshape(D, 3, H, d),
-                           "bias": np.stack([x["bias"] for x in qkv]).reshape(3, H, d)},
-                   "out": {"kernel": out["kernel"].reshape(H, d, D), "bias": out["bias"]}},
-          "ln_attn": _norm(w, p + "attention.output"),
-          "mlp": {"wi": _dense(w, p + "intermediate.dense"), "wo": _dense(w, p + "output.dense")},
-          "ln_mlp": _norm(w, p + "output")}
-  except KeyError as err:
-    raise HfError(f"the checkpoint's weights lack {err.args[0]!r}; is it a BERT checkpoint saved by "
-                  f"transformers?") from None
-  params: dict[str, Any] = {"encoder": encoder}
-  if spine + "pooler.dense.weight" in w:
-    params["pooler"] = {"dense": _dense(w, spine + "pooler.dense")}
-  if "cls.predictions.bias" in w:
-    c = "cls.predictions."
-    head = {"transform": _dense(w, c + "transform.dense"), "ln": _norm(w, c + "transform"),
-            "bias": vocab.import_rows(w.pop(c + "bias"))}
-    decoder = w.pop(c + "decoder.weight", None)
-    w.pop(c + "decoder.bias", None)  # the same parameter as cls.predictions.bias
-    if not model["tie_embeddings"]:
-      if decoder is None:
-        raise HfError("config.json tie_word_embeddings=false but the weights have no cls.predictions.decoder.weight")
-      head["decoder"] = {"kernel": vocab.import_rows(decoder).T}
-    params["mlm_head"] = head
-  if "cls.seq_relationship.weight" in w:
-    params["nsp_head"] = _dense(w, "cls.seq_relationship")
-  unused = [k for k in w if not k.endswith("position_ids")]
-  return params, unused
+  p.add("encoder/embed/embedding", e + "word_embeddings.weight", vocab.import_rows)
+  p.add("encoder/positions/embedding", e + "position_embeddings.weight")
+  p.add("encoder/token_types/embedding", e + "token_type_embeddings.weight")
+  norm("encoder/ln_embed", e[:-1])
+  for i in range(model["num_layers"]):
+    layer, h = f"encoder/layer_{i}/", f"{spine}encoder.layer.{i}."
+    qkv = [f"{h}attention.self.{n}" for n in ("query", "key", "value")]
+    p.add(layer + "attn/qkv/kernel", tuple(f"{n}.weight" for n in qkv),
+          lambda *ws: np.stack([w.T for w in ws], axis=1).reshape(D, 3, H, d))
+    p.add(layer + "attn/qkv/bias", tuple(f"{n}.bias" for n in qkv), lambda *bs: np.stack(bs).reshape(3, H, d))
+    p.add(layer + "attn/out/kernel", h + "attention.output.dense.weight", lambda w: w.T.reshape(H, d, D))
+    p.add(layer + "attn/out/bias", h + "attention.output.dense.bias")
+    norm(layer + "ln_attn", h + "attention.output")
+    dense(layer + "mlp/wi", h + "intermediate.dense")
+    dense(layer + "mlp/wo", h + "output.dense")
+    norm(layer + "ln_mlp", h + "output")
+  p.ignore(e + "position_ids")
+  if p.has(spine + "pooler.dense.weight"):
+    dense("pooler/dense", spine + "pooler.dense")
+  c = "cls.predictions."
+  if p.has(c + "bias"):
+    dense("mlm_head/transform", c + "transform.dense")
+    norm("mlm_head/ln", c + "transform")
+    p.add("mlm_head/bias", c + "bias", vocab.import_rows)
+    p.ignore(c + "decoder.bias")  # the same parameter as cls.predictions.bias
+    if model["tie_embeddings"]:
+      p.ignore(c + "decoder.weight")
+    elif not p.has(c + "decoder.weight"):
+      raise HfError("config.json tie_word_embeddings=false but the weights have no cls.predictions.decoder.weight")
+    else:
+      p.add("mlm_head/decoder/kernel", c + "decoder.weight", lambda w: vocab.import_rows(w).T)
+  if p.has("cls.seq_relationship.weight"):
+    dense("nsp_head", "cls.seq_relationship")
+
+
+def mismatches(model: Any) -> list[str]:
+  out = needs(model, "bert", position="learned", norm="layernorm", pre_norm=False, use_bias=True, qkv_bias=False,
+              head_width=0, scaled_attention=True, norm_offset=0.0)
+  if model.activation not in ("gelu", "gelu_exact", "relu"):
+    out.append(f"config.model.activation={model.activation!r} cannot be exported: Hugging Face bert has a plain "
+               f"MLP (gelu, gelu_exact or relu), not a gated one")
+  if model.num_kv_heads not in (0, model.num_heads):
+    out.append(f"config.model.num_kv_heads={model.num_kv_heads} cannot be exported: Hugging Face bert has one "
+               f"key/value head per query head (num_kv_heads=0)")
+  return out
 
 
 def _hf_norm(norm: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -149,3 +159,7 @@ def export_config(model: dict[str, Any], vocab: VocabMap) -> dict[str, Any]:
           "initializer_range": model["init_std"], "layer_norm_eps": model["norm_eps"] or 1e-5,
           "pad_token_id": vocab.owned.get("pad", 0), "position_embedding_type": "absolute",
           "tie_word_embeddings": model["tie_embeddings"], "torch_dtype": "float32"}
+
+
+ARCHITECTURES = (Architecture("bert", "bert", "mlm", model_fields, plan, mismatches, export_params, export_config,
+                              read_wordpiece_tokenizer, "a BERT"),)

@@ -1,13 +1,15 @@
-r"""Export a trained lmjax GPT or BERT run as a Hugging Face checkpoint directory.
+r"""Export a trained lmjax run as a Hugging Face checkpoint directory (GPT-2, BERT, Llama, Mistral, Qwen2, Gemma
+or T5, whichever represents its model section).
 
   python -m lmjax.hf.export_checkpoint --workdir=runs/gpt2 --out_dir=exported/gpt2 [--step=N]
 
-Writes config.json (GPT2LMHeadModel or BertForPreTraining), model.safetensors and, when the run's tokenizer was
-imported from Hugging Face (hf_bpe, hf_wordpiece), the tokenizer files, with embedding rows moved back to the HF
-ids (lmjax/hf/vocab.py). A run with an lmjax tokenizer (char, byte, bpe, unigram) exports its weights with lmjax ids
-as the HF ids; transformers has no matching tokenizer, so the CLI says to encode text with lmjax's. Only what HF
-GPT-2/BERT can represent is exported: rope/alibi/t5 positions, RMSNorm, gated MLPs, grouped-query attention, ... are
-refused with a one-line error naming the config field.
+Writes config.json, model.safetensors and, when the run's tokenizer was imported from Hugging Face, the tokenizer
+files, with embedding rows moved back to the HF ids (lmjax/hf/vocab.py). An imported run goes back to the model
+type it came from (its hf_config.json); a native one to the first architecture that represents it (a GPT with
+rope, RMSNorm and SwiGLU is a Llama). A run with an lmjax tokenizer (char, byte, bpe, unigram) exports its weights
+with lmjax ids as the HF ids; transformers has no matching tokenizer, so the CLI says to encode text with lmjax's.
+A model no architecture represents (alibi positions, a post-norm GPT, ...) is refused with a one-line error naming
+the config field.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from lmjax import console
 from lmjax.hf.architectures import for_export
-from lmjax.hf.files import CONFIG_FILE, HfError, write_json, write_weights
+from lmjax.hf.files import CONFIG_FILE, HF_CONFIG_FILE, HfError, read_json, write_json, write_weights
 from lmjax.hf.vocab import ROLES, VocabMap
 
 
@@ -36,6 +38,11 @@ class Exported:
 
 def _tokenizer_files(tokenizer: Any, out_dir: Path, model: Any) -> list[str]:
   """Writes the HF tokenizer files of an imported tokenizer; returns their names ([] for lmjax's own kinds)."""
+  if tokenizer.kind in ("hf_tokenizer", "hf_sentencepiece"):
+    files = tokenizer.hf_files()  # the checkpoint's own files, tokenizer_config.json and chat template included
+    for name, data in files.items():
+      (out_dir / name).write_bytes(data)
+    return list(files)
   if tokenizer.kind not in ("hf_bpe", "hf_wordpiece"):
     return []
   config, files = tokenizer._state()  # pylint: disable=protected-access
@@ -68,20 +75,21 @@ def export_run(workdir: str | Path, out_dir: str | Path, step: int | None = None
     raise HfError(f"--out_dir={out_dir} already holds a checkpoint ({CONFIG_FILE}); choose a new directory")
   run = open_run(workdir)
   model = run.config.model
-  arch = for_export(model)
+  original = read_json(Path(workdir) / HF_CONFIG_FILE)  # an imported run's checkpoint config, if it is one
+  arch = for_export(model, original.get("model_type"))
   params, step = run.load_params(step)
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
   tokenizer = run.tokenizer
   vocab = tokenizer.vocab_map or VocabMap.identity(tokenizer.vocab_size)
   fields = model.to_dict()
-  weights = arch.convert.export_params(params, fields, vocab)
+  weights = arch.export_params(params, fields, vocab)
   out_dir.mkdir(parents=True, exist_ok=True)
   write_weights(out_dir, weights)
   files = _tokenizer_files(tokenizer, out_dir, model)
   if not files:
     _native_specials(out_dir, vocab)
   # config.json last: its presence marks a complete export.
-  write_json(out_dir / CONFIG_FILE, arch.convert.export_config(fields, vocab))
+  write_json(out_dir / CONFIG_FILE, arch.export_config(fields, vocab))
   return Exported(out_dir, step, arch.model_type, files, tokenizer.kind)
 
 

@@ -1,8 +1,8 @@
 """Reading and writing the files of a local Hugging Face checkpoint directory.
 
 Weights come from model.safetensors (read through safetensors' numpy API, so no torch is needed), its sharded form
-(model.safetensors.index.json), or pytorch_model.bin[.index.json] through torch (the optional `torch` extra). Nothing
-is ever downloaded: a hub name given where a directory is expected is a one-line error saying how to fetch it.
+(model.safetensors.index.json), or pytorch_model.bin[.index.json] through torch (the optional `torch` extra), one
+tensor at a time (`CheckpointWeights`). Nothing is ever downloaded: a hub name given where a directory is expected is a one-line error saying how to fetch it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 CONFIG_FILE = "config.json"
+HF_CONFIG_FILE = "hf_config.json"  # an imported workdir's copy of the checkpoint's config.json
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 WEIGHT_FILES = (SAFETENSORS_FILE, f"{SAFETENSORS_FILE}.index.json", TORCH_FILE, f"{TORCH_FILE}.index.json")
@@ -58,47 +59,85 @@ def read_json(path: Path) -> dict[str, Any]:
     raise HfError(f"{path} is not valid JSON ({e})") from None
 
 
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  return load_file(str(path))
+def _float32(x: np.ndarray) -> np.ndarray:
+  # bfloat16 (ml_dtypes) reports kind "V"; every float is converted on in float32.
+  return np.asarray(x, np.float32) if x.dtype.kind in "fV" else x
 
 
-def _load_torch(path: Path) -> dict[str, np.ndarray]:
+def _torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise HfError(f"{path} needs torch to read (pip install 'lmjax[torch]'), or convert it to "
-                  f"model.safetensors") from None
-  state = torch.load(str(path), map_location="cpu", weights_only=True)
-  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+    raise HfError(f"{TORCH_FILE} needs torch to read (pip install 'lmjax[torch]'), or convert it to "
+                  f"{SAFETENSORS_FILE}") from None
+  return torch
 
 
-def _load_sharded(index: Path, load) -> dict[str, np.ndarray]:
-  shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-  if not shards:
-    raise HfError(f"{index} lists no weight files (weight_map is empty)")
-  out: dict[str, np.ndarray] = {}
-  for shard in shards:
-    if not (index.parent / shard).is_file():
-      raise HfError(f"{index.parent / shard} is missing (listed in {index.name}); download the whole checkpoint")
-    out.update(load(index.parent / shard))
-  return out
+class CheckpointWeights:
+  """A checkpoint's tensors by name, read one at a time: the names (and the file holding each) are known up front
+  from the safetensors headers or the shard index, and `read` opens the file, copies out that one tensor as float32
+  and closes it again, so no more than the tensor being converted is ever resident. pytorch_model.bin files are
+  memory-mapped by torch (torch.load(mmap=True)) and read the same way."""
+
+  def __init__(self, hf_dir: Path):
+    self.hf_dir = hf_dir
+    self._file_of: dict[str, Path] = {}
+    for name in WEIGHT_FILES:
+      if (hf_dir / name).is_file():
+        files = [hf_dir / name] if not name.endswith(".index.json") else self._shards(hf_dir / name)
+        break
+    else:
+      raise HfError(f"{hf_dir} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    self.files = files
+    self._torch_states: dict[Path, Any] = {}
+    for path in files:
+      for key in self._keys(path):
+        self._file_of[key] = path
+
+  @staticmethod
+  def _shards(index: Path) -> list[Path]:
+    shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+    if not shards:
+      raise HfError(f"{index} lists no weight files (weight_map is empty)")
+    for shard in shards:
+      if not (index.parent / shard).is_file():
+        raise HfError(f"{index.parent / shard} is missing (listed in {index.name}); download the whole checkpoint")
+    return [index.parent / shard for shard in shards]
+
+  def _keys(self, path: Path) -> list[str]:
+    if path.name.endswith(".safetensors"):
+      from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+      with safe_open(str(path), framework="numpy") as f:
+        return list(f.keys())
+    return list(self._torch_state(path))
+
+  def _torch_state(self, path: Path) -> Any:
+    if path not in self._torch_states:
+      self._torch_states[path] = _torch().load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return self._torch_states[path]
+
+  @property
+  def names(self) -> set[str]:
+    return set(self._file_of)
+
+  @property
+  def largest_file_bytes(self) -> int:
+    return max(path.stat().st_size for path in self.files)
+
+  def read(self, name: str) -> np.ndarray:
+    path = self._file_of[name]
+    if path.name.endswith(".safetensors"):
+      from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+      with safe_open(str(path), framework="numpy") as f:
+        return _float32(f.get_tensor(name))
+    tensor = self._torch_state(path)[name]
+    return tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
 
 
 def read_weights(hf_dir: Path) -> dict[str, np.ndarray]:
-  """{name: float32 array} in the checkpoint's own (PyTorch) layout."""
-  loaders = {SAFETENSORS_FILE: _load_safetensors, TORCH_FILE: _load_torch}
-  for name, load in loaders.items():
-    if (hf_dir / name).is_file():
-      weights = load(hf_dir / name)
-      break
-    if (hf_dir / f"{name}.index.json").is_file():
-      weights = _load_sharded(hf_dir / f"{name}.index.json", load)
-      break
-  else:
-    raise HfError(f"{hf_dir} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
-  # bfloat16 (ml_dtypes) reports kind "V"; every float is computed on in float32.
-  return {k: np.asarray(v, np.float32) if v.dtype.kind in "fV" else v for k, v in weights.items()}
+  """{name: float32 array} in the checkpoint's own (PyTorch) layout, all at once (small checkpoints and tests)."""
+  weights = CheckpointWeights(hf_dir)
+  return {name: weights.read(name) for name in sorted(weights.names)}
 
 
 def write_weights(hf_dir: Path, weights: dict[str, np.ndarray]) -> None:

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from lmjax.hf.adapter import Architecture, Plan, needs
 from lmjax.hf.files import HfError
+from lmjax.hf.tokenizers import read_bpe_tokenizer
 from lmjax.hf.vocab import VocabMap
 
 # HF activation_function -> lmjax model.activation (and back, first match).
@@ -20,7 +22,7 @@ ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "ge
                "relu": "relu"}
 
 
-def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
+def model_fields(hf: dict[str, Any], names: set[str] = frozenset()) -> dict[str, Any]:
   """config.model fields of the lmjax decoder equivalent to an HF GPT-2 config.json."""
   act = hf.get("activation_function", "gelu_new")
   if act not in ACTIVATIONS:
@@ -41,38 +43,43 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
           "attention_dropout": float(hf.get("attn_pdrop", 0.1)), "init_std": float(hf.get("initializer_range", 0.02))}
 
 
-def _norm(w: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  return {"scale": w.pop(f"{name}.weight"), "bias": w.pop(f"{name}.bias")}
-
-
-def import_params(weights: dict[str, np.ndarray], model: dict[str, Any], vocab: VocabMap) -> tuple[dict, list[str]]:
-  """(lmjax params as nested numpy dicts, names of HF weights left unused). Consumes `weights`."""
-  w = {k.removeprefix("transformer."): v for k, v in weights.items()}
+def plan(p: Plan, model: dict[str, Any], vocab: VocabMap) -> None:
   H, D, d = model["num_heads"], model["d_model"], model["d_model"] // model["num_heads"]
-  try:
-    params: dict[str, Any] = {"embed": {"embedding": vocab.import_rows(w.pop("wte.weight"))},
-                              "positions": {"embedding": w.pop("wpe.weight")}, "ln_final": _norm(w, "ln_f")}
-    for i in range(model["num_layers"]):
-      p = f"h.{i}."
-      params[f"layer_{i}"] = {
-          "ln_attn": _norm(w, p + "ln_1"), "ln_mlp": _norm(w, p + "ln_2"),
-          "attn": {"qkv": {"kernel": w.pop(p + "attn.c_attn.weight").reshape(D, 3, H, d),
-                           "bias": w.pop(p + "attn.c_attn.bias").reshape(3, H, d)},
-                   "out": {"kernel": w.pop(p + "attn.c_proj.weight").reshape(H, d, D),
-                           "bias": w.pop(p + "attn.c_proj.bias")}},
-          "mlp": {"wi": {"kernel": w.pop(p + "mlp.c_fc.weight"), "bias": w.pop(p + "mlp.c_fc.bias")},
-                  "wo": {"kernel": w.pop(p + "mlp.c_proj.weight"), "bias": w.pop(p + "mlp.c_proj.bias")}}}
-  except KeyError as e:
-    raise HfError(f"the checkpoint's weights lack {e.args[0]!r}; is it a GPT-2 checkpoint saved by "
-                  f"transformers?") from None
-  head = w.pop("lm_head.weight", None)
-  if not model["tie_embeddings"]:
-    if head is None:
-      raise HfError("config.json tie_word_embeddings=false but the weights have no lm_head.weight")
-    params["lm_head"] = {"kernel": vocab.import_rows(head).T}
-  # Causal-mask buffers of older checkpoints are not parameters.
-  unused = [k for k in w if not k.endswith((".attn.bias", ".attn.masked_bias"))]
-  return params, unused
+  t = "transformer." if p.has("transformer.wte.weight") else ""
+  p.add("embed/embedding", t + "wte.weight", vocab.import_rows)
+  p.add("positions/embedding", t + "wpe.weight")
+  norm = lambda path, name: (p.add(f"{path}/scale", f"{t}{name}.weight"), p.add(f"{path}/bias", f"{t}{name}.bias"))
+  norm("ln_final", "ln_f")
+  for i in range(model["num_layers"]):
+    layer, h = f"layer_{i}/", f"{t}h.{i}."
+    norm(layer + "ln_attn", f"h.{i}.ln_1")
+    norm(layer + "ln_mlp", f"h.{i}.ln_2")
+    p.add(layer + "attn/qkv/kernel", h + "attn.c_attn.weight", lambda w: w.reshape(D, 3, H, d))
+    p.add(layer + "attn/qkv/bias", h + "attn.c_attn.bias", lambda b: b.reshape(3, H, d))
+    p.add(layer + "attn/out/kernel", h + "attn.c_proj.weight", lambda w: w.reshape(H, d, D))
+    p.add(layer + "attn/out/bias", h + "attn.c_proj.bias")
+    for ours, theirs in (("wi", "c_fc"), ("wo", "c_proj")):
+      p.add(f"{layer}mlp/{ours}/kernel", f"{h}mlp.{theirs}.weight")
+      p.add(f"{layer}mlp/{ours}/bias", f"{h}mlp.{theirs}.bias")
+    p.ignore(h + "attn.bias", h + "attn.masked_bias")  # causal-mask buffers of older checkpoints
+  if model["tie_embeddings"]:
+    p.ignore("lm_head.weight")
+  elif not p.has("lm_head.weight"):
+    raise HfError("config.json tie_word_embeddings=false but the weights have no lm_head.weight")
+  else:
+    p.add("lm_head/kernel", "lm_head.weight", lambda w: vocab.import_rows(w).T)
+
+
+def mismatches(model: Any) -> list[str]:
+  out = needs(model, "gpt2", position="learned", norm="layernorm", pre_norm=True, use_bias=True, qkv_bias=False,
+              head_width=0, scaled_attention=True, norm_offset=0.0, scale_embeddings=False)
+  if model.activation not in ("gelu", "gelu_exact", "relu"):
+    out.append(f"config.model.activation={model.activation!r} cannot be exported: Hugging Face gpt2 has a plain "
+               f"MLP (gelu, gelu_exact or relu), not a gated one")
+  if model.num_kv_heads not in (0, model.num_heads):
+    out.append(f"config.model.num_kv_heads={model.num_kv_heads} cannot be exported: Hugging Face gpt2 has one "
+               f"key/value head per query head (num_kv_heads=0)")
+  return out
 
 
 def export_params(params: dict[str, Any], model: dict[str, Any], vocab: VocabMap) -> dict[str, np.ndarray]:
@@ -109,3 +116,7 @@ def export_config(model: dict[str, Any], vocab: VocabMap) -> dict[str, Any]:
           "layer_norm_epsilon": model["norm_eps"] or 1e-5, "initializer_range": model["init_std"],
           "tie_word_embeddings": model["tie_embeddings"], "bos_token_id": bos, "eos_token_id": eos,
           "torch_dtype": "float32"}
+
+
+ARCHITECTURES = (Architecture("gpt2", "gpt", "causal_lm", model_fields, plan, mismatches, export_params,
+                              export_config, read_bpe_tokenizer, "a GPT-2"),)

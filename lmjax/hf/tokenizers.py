@@ -1,20 +1,34 @@
-"""Hugging Face tokenizers behind lmjax's `Tokenizer` interface: GPT-2 byte-level BPE and BERT WordPiece.
+"""Hugging Face tokenizers behind lmjax's `Tokenizer` interface, each giving the checkpoint's own ids.
 
-Both read the checkpoint's own files (vocab.json + merges.txt, or vocab.txt; a tokenizer.json of the same model
-type also works), reproduce the HF token ids exactly, and expose them as lmjax ids through a `VocabMap`
-(lmjax/hf/vocab.py): the specials move to ids 0..6, the rest keep their order. The saved form (workdir/tokenizer/)
-is the HF files themselves plus the map and settings in tokenizer.json, so export writes the same files back.
+Four kinds, all exposing HF ids as lmjax ids through a `VocabMap` (lmjax/hf/vocab.py: the specials move to ids
+0..6, the rest keep their order):
 
-Special-token strings inside text ('<|endoftext|>', '[MASK]') are encoded as ordinary text: lmjax places specials
-by id (BOS_ID, CLS_ID, ...), never by parsing them out of data. Text otherwise gives the same ids as the HF
-tokenizer, mapped through the VocabMap.
+  hf_tokenizer      a checkpoint's tokenizer.json (Llama, Mistral, Qwen2, Gemma, T5, ...), run by the `tokenizers`
+                    library exactly as transformers' AutoTokenizer runs it;
+  hf_sentencepiece  a SentencePiece model file without a tokenizer.json (Llama 2's tokenizer.model, T5's
+                    spiece.model), run by `sentencepiece`;
+  hf_bpe            GPT-2's byte-level BPE from vocab.json + merges.txt;
+  hf_wordpiece      BERT's WordPiece from vocab.txt.
+
+The last two are workdirs written before the first two existed; they too run on the `tokenizers` library now, with
+the same ids their hand-written predecessors gave. They encode special-token strings inside text ('<|endoftext|>',
+'[MASK]') as ordinary text: lmjax places those by id (BOS_ID, CLS_ID, ...). The checkpoint kinds parse added and
+special tokens out of text as transformers does, since chat templates write them as text ('<|im_start|>').
+
+SentencePiece models follow sentencepiece itself, which is how the checkpoint was trained. Where transformers
+converts a .model file on the fly it can disagree on text that starts with whitespace (its Metaspace
+pre-tokenizer adds no word-start marker before a leading space, sentencepiece always does); checkpoints that ship a
+tokenizer.json are read from that file and always agree with transformers.
+
+A saved tokenizer (workdir/tokenizer/) holds the checkpoint's files under their own names (tokenizer.json becomes
+hf_tokenizer.json, since lmjax's own config is tokenizer.json), tokenizer_config.json with its chat template, and
+the map; export writes the same files back.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import unicodedata
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +39,27 @@ from lmjax.hf.files import HfError, read_json
 from lmjax.hf.vocab import VocabMap, build_vocab_map
 from lmjax.registry import TOKENIZERS
 
-# GPT-2's pre-tokenization: contractions, runs of letters, of digits, of other symbols (each with one optional
-# leading space), and whitespace, where a whitespace run before a word leaves its last space to that word.
-_GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+HF_TOKENIZER_FILE = "hf_tokenizer.json"  # a checkpoint's tokenizer.json, saved beside lmjax's own tokenizer.json
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+# What a special token of tokenizer_config.json is called, by the lmjax role it plays, in the order roles claim
+# tokens (a token serving two roles, GPT-2's <|endoftext|> as eos and bos, goes to the first).
+ROLE_KEYS = {"eos": "eos_token", "bos": "bos_token", "unk": "unk_token", "pad": "pad_token", "mask": "mask_token",
+             "sep": "sep_token", "cls": "cls_token"}
+_WORDPIECE_ROLE_ORDER = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 
 
-@functools.cache
+def _library():
+  try:
+    import tokenizers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise HfError("Hugging Face tokenizers need the tokenizers package: pip install 'lmjax[hf]'") from None
+  return tokenizers
+
+
 def _byte_to_unicode() -> dict[int, str]:
-  """GPT-2's reversible byte -> printable character table: printable Latin-1 bytes map to themselves, the other
-  bytes to code points 256 and up, so BPE works on strings without whitespace or control characters."""
+  """GPT-2's reversible byte -> printable character table (what byte-level BPE pieces are spelled in)."""
   keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
   table, extra = {}, 0
   for b in range(256):
@@ -45,88 +71,35 @@ def _byte_to_unicode() -> dict[int, str]:
   return table
 
 
-@TOKENIZERS.register("hf_bpe")
-class HfBpeTokenizer(Tokenizer):
-  """GPT-2 byte-level BPE: regex pre-tokenization, bytes as printable characters, merges applied by rank."""
+class _MappedTokenizer(Tokenizer):
+  """What every kind here shares: HF ids <-> lmjax ids through the VocabMap, and per-token lengths from the bytes
+  each HF piece stands for."""
 
-  kind = "hf_bpe"
   trainable = False
+  vocab_map: VocabMap
+  special_tokens: dict[str, str]
 
-  @classmethod
-  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "HfBpeTokenizer":
-    return load_hf_tokenizer(directory, config)
-
-  def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], vocab_map: VocabMap,
-               special_tokens: dict[str, str]):
-    try:
-      import regex  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      raise HfError("GPT-2 tokenizers need the regex package: pip install 'lmjax[hf]'") from None
-    self.vocab, self.merges, self.vocab_map, self.special_tokens = vocab, merges, vocab_map, special_tokens
+  def _set_map(self, vocab_map: VocabMap) -> None:
+    self.vocab_map = vocab_map
     self.vocab_size = vocab_map.vocab_size
-    self._pattern = regex.compile(_GPT2_PATTERN)
-    self._ranks = {pair: i for i, pair in enumerate(merges)}
     self._lmjax_of_hf = vocab_map.lmjax_of_hf
     self._hf_of_lmjax = vocab_map.hf_of_lmjax
-    self._pieces = {i: piece for piece, i in vocab.items()}
-    self._byte_of = {c: b for b, c in _byte_to_unicode().items()}
-    self._cache: dict[str, list[int]] = {}
-
-  def __getstate__(self) -> dict[str, Any]:
-    return {"vocab": self.vocab, "merges": self.merges, "vocab_map": self.vocab_map,
-            "special_tokens": self.special_tokens}
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__init__(**state)  # pylint: disable=unnecessary-dunder-call
-
-  def _bpe(self, word: str) -> list[int]:
-    """HF ids of one pre-token (already mapped to printable characters): merge the lowest-ranked pair until none."""
-    if (hit := self._cache.get(word)) is not None:
-      return hit
-    parts = list(word)
-    while len(parts) > 1:
-      ranked = [(self._ranks.get(pair, len(self._ranks)), i) for i, pair in enumerate(zip(parts, parts[1:]))]
-      rank, _ = min(ranked)
-      if rank == len(self._ranks):
-        break
-      first, second = self.merges[rank]
-      merged, i = [], 0
-      while i < len(parts):  # merge every occurrence of the pair, left to right
-        if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
-          merged.append(first + second)
-          i += 2
-        else:
-          merged.append(parts[i])
-          i += 1
-      parts = merged
-    ids = [self.vocab[p] for p in parts if p in self.vocab]
-    if len(self._cache) < 100_000:
-      self._cache[word] = ids
-    return ids
 
   def encode_hf(self, text: str) -> list[int]:
-    """The HF ids of `text`, as GPT2Tokenizer gives them."""
-    to_char = _byte_to_unicode()
-    ids: list[int] = []
-    for chunk in self._pattern.findall(text):
-      ids.extend(self._bpe("".join(to_char[b] for b in chunk.encode("utf-8"))))
-    return ids
+    raise NotImplementedError
 
   def encode(self, text: str) -> np.ndarray:
     return self._lmjax_of_hf[np.asarray(self.encode_hf(text), np.int64)].astype(np.int32)
 
-  def _piece_bytes(self, hf_id: int) -> bytes:
-    piece = self._pieces.get(hf_id)
-    if piece is None or piece in self.special_tokens.values():
-      return b""
-    return bytes(self._byte_of.get(c, 0) for c in piece)
+  def _hf_ids(self, ids: IdsLike) -> list[int]:
+    return [int(i) for i in self._hf_of_lmjax[self._strip_specials(ids)] if i >= 0]
 
-  def decode(self, ids: IdsLike) -> str:
-    hf_ids = self._hf_of_lmjax[self._strip_specials(ids)]
-    return b"".join(self._piece_bytes(int(i)) for i in hf_ids if i >= 0).decode("utf-8", errors="replace")
+  def piece_bytes(self, hf_id: int) -> bytes:
+    """The UTF-8 bytes HF id `hf_id` stands for in text (b'' for specials)."""
+    raise NotImplementedError
 
   def _all_piece_bytes(self) -> list[bytes]:
-    return [b"" if i < NUM_SPECIAL or h < 0 else self._piece_bytes(int(h)) for i, h in enumerate(self._hf_of_lmjax)]
+    return [b"" if i < NUM_SPECIAL or h < 0 else self.piece_bytes(int(h)) for i, h in enumerate(self._hf_of_lmjax)]
 
   def token_byte_lengths(self) -> np.ndarray:
     return np.array([len(b) for b in self._all_piece_bytes()], np.float32)
@@ -135,54 +108,89 @@ class HfBpeTokenizer(Tokenizer):
     return np.array([utf8_char_counts(np.frombuffer(b, np.uint8)).sum() for b in self._all_piece_bytes()],
                     np.float32)
 
+
+def _metaspace_bytes(piece: str) -> bytes:
+  """A SentencePiece-style piece as text: '▁' is a space, '<0xE2>' one byte of byte fallback."""
+  match = _BYTE_PIECE.fullmatch(piece)
+  return bytes([int(match.group(1), 16)]) if match else piece.replace("\u2581", " ").encode("utf-8")
+
+
+@TOKENIZERS.register("hf_bpe")
+class HfBpeTokenizer(_MappedTokenizer):
+  """GPT-2 byte-level BPE: GPT-2's regex pre-tokenization, bytes as printable characters, merges by rank."""
+
+  kind = "hf_bpe"
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "HfBpeTokenizer":
+    vocab, merges = _read_bpe(directory)
+    return cls(vocab, merges, VocabMap.from_json(config["vocab_map"]), config["special_tokens"])
+
+  def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], vocab_map: VocabMap,
+               special_tokens: dict[str, str]):
+    lib = _library()
+    self.vocab, self.merges, self.special_tokens = vocab, merges, special_tokens
+    self._set_map(vocab_map)
+    # No added tokens: special-token strings in text stay text, as lmjax's data expects.
+    self._tok = lib.Tokenizer(lib.models.BPE(vocab, merges))
+    self._tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    self._pieces = {i: piece for piece, i in vocab.items()}
+    self._byte_of = {c: b for b, c in _byte_to_unicode().items()}
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {"vocab": self.vocab, "merges": self.merges, "vocab_map": self.vocab_map,
+            "special_tokens": self.special_tokens}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__(**state)  # pylint: disable=unnecessary-dunder-call
+
+  def encode_hf(self, text: str) -> list[int]:
+    """The HF ids of `text`, as GPT2Tokenizer gives them."""
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def piece_bytes(self, hf_id: int) -> bytes:
+    piece = self._pieces.get(hf_id)
+    if piece is None or piece in self.special_tokens.values():
+      return b""
+    return bytes(self._byte_of.get(c, 0) for c in piece)
+
+  def decode(self, ids: IdsLike) -> str:
+    return b"".join(self.piece_bytes(i) for i in self._hf_ids(ids)).decode("utf-8", errors="replace")
+
   def _state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
     merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges)
     files = {"vocab.json": json.dumps(self.vocab, ensure_ascii=False).encode(), "merges.txt": merges.encode()}
     return {"vocab_map": self.vocab_map.to_json(), "special_tokens": self.special_tokens}, files
 
 
-def _is_whitespace(c: str) -> bool:
-  return c in " \t\n\r" or unicodedata.category(c) == "Zs"
-
-
-def _is_control(c: str) -> bool:
-  return c not in "\t\n\r" and unicodedata.category(c).startswith("C")
-
-
-def _is_punctuation(c: str) -> bool:
-  cp = ord(c)
-  ascii_symbol = 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126  # BERT counts $ + ^ ` too
-  return ascii_symbol or unicodedata.category(c).startswith("P")
-
-
-def _is_cjk(cp: int) -> bool:
-  return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-          or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
 @TOKENIZERS.register("hf_wordpiece")
-class HfWordPieceTokenizer(Tokenizer):
+class HfWordPieceTokenizer(_MappedTokenizer):
   """BERT's WordPiece: BertTokenizer's basic tokenization (clean-up, CJK split, accent stripping, lowercasing,
   whitespace and punctuation split), then greedy longest-match pieces with '##' continuations. Lossy: decode
   gives the pieces joined by spaces, so byte and character lengths count each piece's own text."""
 
   kind = "hf_wordpiece"
-  trainable = False
 
   @classmethod
   def from_saved(cls, directory: Path, config: dict[str, Any]) -> "HfWordPieceTokenizer":
-    return load_hf_tokenizer(directory, config)
+    options = {k: config[k] for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "max_chars_per_word")}
+    return cls(read_vocab_lines(directory / "vocab.txt"), VocabMap.from_json(config["vocab_map"]),
+               config["special_tokens"], **options)
 
   def __init__(self, vocab: list[str], vocab_map: VocabMap, special_tokens: dict[str, str], do_lower_case: bool = True,
                strip_accents: bool | None = None, tokenize_chinese_chars: bool = True, max_chars_per_word: int = 100):
-    self.vocab, self.vocab_map, self.special_tokens = vocab, vocab_map, special_tokens
+    lib = _library()
+    self.vocab, self.special_tokens = vocab, special_tokens
     self.do_lower_case, self.strip_accents = do_lower_case, strip_accents
     self.tokenize_chinese_chars, self.max_chars_per_word = tokenize_chinese_chars, max_chars_per_word
-    self.vocab_size = vocab_map.vocab_size
-    self._ids = {piece: i for i, piece in enumerate(vocab)}
-    self._unk = self._ids.get(special_tokens.get("unk_token", "[UNK]"))
-    self._lmjax_of_hf = vocab_map.lmjax_of_hf
-    self._hf_of_lmjax = vocab_map.hf_of_lmjax
+    self._set_map(vocab_map)
+    ids = {piece: i for i, piece in enumerate(vocab)}
+    self._tok = lib.Tokenizer(lib.models.WordPiece(ids, unk_token=special_tokens.get("unk_token", "[UNK]"),
+                                                   max_input_chars_per_word=max_chars_per_word))
+    self._tok.normalizer = lib.normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=tokenize_chinese_chars, strip_accents=strip_accents,
+        lowercase=do_lower_case)
+    self._tok.pre_tokenizer = lib.pre_tokenizers.BertPreTokenizer()
 
   def __getstate__(self) -> dict[str, Any]:
     return {k: getattr(self, k) for k in ("vocab", "vocab_map", "special_tokens", "do_lower_case", "strip_accents",
@@ -191,59 +199,9 @@ class HfWordPieceTokenizer(Tokenizer):
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__init__(**state)  # pylint: disable=unnecessary-dunder-call
 
-  def _normalize(self, text: str) -> str:
-    out = []
-    for c in text:
-      cp = ord(c)
-      if cp == 0 or cp == 0xFFFD or _is_control(c):
-        continue
-      if _is_whitespace(c):
-        out.append(" ")
-      elif self.tokenize_chinese_chars and _is_cjk(cp):
-        out.append(f" {c} ")
-      else:
-        out.append(c)
-    text = "".join(out)
-    if self.strip_accents or (self.strip_accents is None and self.do_lower_case):
-      text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    # Character by character, as the Rust tokenizers library lowercases (no final-sigma rule).
-    return "".join(c.lower() for c in text) if self.do_lower_case else text
-
-  def _words(self, text: str) -> list[str]:
-    words = []
-    for token in self._normalize(text).split():
-      start = 0
-      for i, c in enumerate(token):
-        if _is_punctuation(c):
-          words += [token[start:i], c] if i > start else [c]
-          start = i + 1
-      if start < len(token):
-        words.append(token[start:])
-    return words
-
-  def _pieces(self, word: str) -> list[int]:
-    if len(word) > self.max_chars_per_word:
-      return [self._unk]
-    ids, start = [], 0
-    while start < len(word):
-      end = len(word)
-      while end > start:
-        piece = word[start:end] if start == 0 else "##" + word[start:end]
-        if piece in self._ids:
-          ids.append(self._ids[piece])
-          break
-        end -= 1
-      else:
-        return [self._unk]  # one unmatched stretch makes the whole word unknown, as in BERT
-      start = end
-    return ids
-
   def encode_hf(self, text: str) -> list[int]:
     """The HF ids of `text`, as BertTokenizer gives them (without [CLS]/[SEP])."""
-    return [i for word in self._words(text) for i in self._pieces(word) if i is not None]
-
-  def encode(self, text: str) -> np.ndarray:
-    return self._lmjax_of_hf[np.asarray(self.encode_hf(text), np.int64)].astype(np.int32)
+    return self._tok.encode(text, add_special_tokens=False).ids
 
   def _piece_text(self, hf_id: int) -> str:
     if hf_id < 0 or hf_id >= len(self.vocab) or self.vocab[hf_id] in self.special_tokens.values():
@@ -251,26 +209,20 @@ class HfWordPieceTokenizer(Tokenizer):
     piece = self.vocab[hf_id]
     return piece[2:] if piece.startswith("##") else piece
 
+  def piece_bytes(self, hf_id: int) -> bytes:
+    return self._piece_text(hf_id).encode("utf-8")
+
   def decode(self, ids: IdsLike) -> str:
     words: list[str] = []
-    for hf_id in self._hf_of_lmjax[self._strip_specials(ids)]:
-      text = self._piece_text(int(hf_id))
+    for hf_id in self._hf_ids(ids):
+      text = self._piece_text(hf_id)
       if not text:
         continue
-      if words and 0 <= hf_id < len(self.vocab) and self.vocab[hf_id].startswith("##"):
+      if words and self.vocab[hf_id].startswith("##"):
         words[-1] += text
       else:
         words.append(text)
     return " ".join(words)
-
-  def _texts(self) -> list[str]:
-    return ["" if i < NUM_SPECIAL else self._piece_text(int(h)) for i, h in enumerate(self._hf_of_lmjax)]
-
-  def token_byte_lengths(self) -> np.ndarray:
-    return np.array([len(t.encode("utf-8")) for t in self._texts()], np.float32)
-
-  def token_char_lengths(self) -> np.ndarray:
-    return np.array([len(t) for t in self._texts()], np.float32)
 
   def _state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
     config = {"vocab_map": self.vocab_map.to_json(), "special_tokens": self.special_tokens,
@@ -279,19 +231,125 @@ class HfWordPieceTokenizer(Tokenizer):
     return config, {"vocab.txt": "".join(f"{piece}\n" for piece in self.vocab).encode()}
 
 
-# Which HF special token plays each lmjax role, and which role's token seeds a role the vocabulary lacks.
-_BPE_ROLES = {"eos": "eos_token", "bos": "bos_token", "unk": "unk_token", "pad": "pad_token", "mask": "mask_token",
-              "sep": "sep_token", "cls": "cls_token"}
-_WORDPIECE_ROLES = {"pad": "pad_token", "unk": "unk_token", "cls": "cls_token", "sep": "sep_token",
-                    "mask": "mask_token", "bos": "bos_token", "eos": "eos_token"}
+class _CheckpointTokenizer(_MappedTokenizer):
+  """A tokenizer read from a checkpoint's files, kept verbatim (with its tokenizer_config.json and chat template)."""
+
+  files: dict[str, bytes]
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {"files": self.files, "vocab_map": self.vocab_map, "special_tokens": self.special_tokens}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__(**state)  # pylint: disable=unnecessary-dunder-call
+
+  @classmethod
+  def from_saved(cls, directory: Path, config: dict[str, Any]) -> "_CheckpointTokenizer":
+    files = {name: (directory / name).read_bytes() for name in config["files"]}
+    return cls(files, VocabMap.from_json(config["vocab_map"]), config["special_tokens"])
+
+  def _state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+    return {"vocab_map": self.vocab_map.to_json(), "special_tokens": self.special_tokens,
+            "files": sorted(self.files)}, dict(self.files)
+
+  def hf_files(self) -> dict[str, bytes]:
+    """The files as a Hugging Face checkpoint names them (what export writes)."""
+    return {("tokenizer.json" if name == HF_TOKENIZER_FILE else name): data for name, data in self.files.items()}
+
+
+@TOKENIZERS.register("hf_tokenizer")
+class HfFastTokenizer(_CheckpointTokenizer):
+  """A checkpoint's tokenizer.json through the `tokenizers` library: AutoTokenizer's ids, specials parsed from text
+  (add_special_tokens=False: lmjax adds <bos> by id)."""
+
+  kind = "hf_tokenizer"
+
+  def __init__(self, files: dict[str, bytes], vocab_map: VocabMap, special_tokens: dict[str, str]):
+    lib = _library()
+    self.files, self.special_tokens = files, special_tokens
+    self._set_map(vocab_map)
+    self._tok = lib.Tokenizer.from_str(files[HF_TOKENIZER_FILE].decode("utf-8"))
+    spec = json.loads(files[HF_TOKENIZER_FILE])
+    self._byte_level = "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+    self._added = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    self._byte_of = {c: b for b, c in _byte_to_unicode().items()}
+
+  @property
+  def hf_vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  def token_id(self, token: str) -> int | None:
+    return self._tok.token_to_id(token)
+
+  def encode_hf(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def piece_bytes(self, hf_id: int) -> bytes:
+    piece = self._tok.id_to_token(hf_id)
+    if piece is None or hf_id in self._added:
+      return b""
+    if self._byte_level:
+      return bytes(self._byte_of.get(c, 0) for c in piece)
+    return _metaspace_bytes(piece)
+
+  def decode(self, ids: IdsLike) -> str:
+    return self._tok.decode(self._hf_ids(ids), skip_special_tokens=True)
+
+
+@TOKENIZERS.register("hf_sentencepiece")
+class HfSentencePieceTokenizer(_CheckpointTokenizer):
+  """A SentencePiece model file (Llama 2, T5) without a tokenizer.json. Special tokens written in the text ('</s>')
+  become their ids, as transformers parses them; the stretches between them go through SentencePiece."""
+
+  kind = "hf_sentencepiece"
+
+  def __init__(self, files: dict[str, bytes], vocab_map: VocabMap, special_tokens: dict[str, str]):
+    import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+    self.files, self.special_tokens = files, special_tokens
+    self._set_map(vocab_map)
+    model = next(name for name in files if name in SENTENCEPIECE_FILES)
+    self._sp = spm.SentencePieceProcessor(model_proto=files[model])
+    specials = sorted({s for s in special_tokens.values() if self.token_id(s) is not None}, key=len, reverse=True)
+    self._specials = {s: self._sp.piece_to_id(s) for s in specials}
+    self._split = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+
+  @property
+  def hf_vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def token_id(self, token: str) -> int | None:
+    i = self._sp.piece_to_id(token)
+    return i if self._sp.id_to_piece(i) == token else None
+
+  def encode_hf(self, text: str) -> list[int]:
+    if self._split is None:
+      return self._sp.encode(text)
+    ids: list[int] = []
+    for part in self._split.split(text):
+      if part in self._specials:
+        ids.append(self._specials[part])
+      elif part:
+        ids.extend(self._sp.encode(part))
+    return ids
+
+  def piece_bytes(self, hf_id: int) -> bytes:
+    if self._sp.is_control(hf_id) or self._sp.is_unknown(hf_id) or hf_id in self._specials.values():
+      return b""
+    return _metaspace_bytes(self._sp.id_to_piece(hf_id))
+
+  def decode(self, ids: IdsLike) -> str:
+    return self._sp.decode(self._hf_ids(ids))
+
+
+# --- reading a checkpoint's tokenizer -----------------------------------------------------------------------------
+
 _WORDPIECE_DEFAULTS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                        "mask_token": "[MASK]"}
 
 
-def _special_tokens(hf_dir: Path, defaults: dict[str, str]) -> dict[str, str]:
+def special_tokens(hf_dir: Path, defaults: dict[str, str] | None = None) -> dict[str, str]:
   """{'eos_token': '<|endoftext|>', ...} from tokenizer_config.json / special_tokens_map.json, over defaults."""
-  found = dict(defaults)
-  for name in ("special_tokens_map.json", "tokenizer_config.json"):
+  found = dict(defaults or {})
+  for name in ("special_tokens_map.json", TOKENIZER_CONFIG):
     for key, value in read_json(hf_dir / name).items():
       if key.endswith("_token") and value:
         found[key] = value["content"] if isinstance(value, dict) else value
@@ -319,7 +377,7 @@ def read_vocab_lines(path: Path) -> list[str]:
 
 
 def _read_wordpiece(hf_dir: Path) -> tuple[list[str], dict[str, Any]]:
-  settings = read_json(hf_dir / "tokenizer_config.json")
+  settings = read_json(hf_dir / TOKENIZER_CONFIG)
   options = {"do_lower_case": settings.get("do_lower_case", True), "strip_accents": settings.get("strip_accents"),
              "tokenize_chinese_chars": settings.get("tokenize_chinese_chars", True)}
   if (hf_dir / "vocab.txt").is_file():
@@ -335,31 +393,51 @@ def _read_wordpiece(hf_dir: Path) -> tuple[list[str], dict[str, Any]]:
   return [piece for piece, _ in by_id], options
 
 
-def read_bpe_tokenizer(hf_dir: Path, model_vocab_size: int) -> HfBpeTokenizer:
+def read_bpe_tokenizer(hf_dir: Path, model_vocab_size: int, copy_rules: dict[str, str] | None = None
+                       ) -> HfBpeTokenizer:
   """GPT-2's tokenizer from a checkpoint directory; `model_vocab_size` rows of the embedding (may exceed the
   tokenizer's vocabulary when the model padded it)."""
   vocab, merges = _read_bpe(hf_dir)
-  specials = _special_tokens(hf_dir, {"eos_token": "<|endoftext|>"} if "<|endoftext|>" in vocab else {})
-  role_ids = {role: vocab.get(specials.get(key, "")) for role, key in _BPE_ROLES.items()}
+  specials = special_tokens(hf_dir, {"eos_token": "<|endoftext|>"} if "<|endoftext|>" in vocab else {})
+  role_ids = {role: vocab.get(specials.get(key, "")) for role, key in ROLE_KEYS.items()}
   hf_size = max(model_vocab_size, max(vocab.values()) + 1)
-  return HfBpeTokenizer(vocab, merges, build_vocab_map(hf_size, role_ids, {"bos": "eos"}), specials)
+  return HfBpeTokenizer(vocab, merges, build_vocab_map(hf_size, role_ids, copy_rules or {"bos": "eos"}), specials)
 
 
-def read_wordpiece_tokenizer(hf_dir: Path, model_vocab_size: int) -> HfWordPieceTokenizer:
+def read_wordpiece_tokenizer(hf_dir: Path, model_vocab_size: int, copy_rules: dict[str, str] | None = None
+                             ) -> HfWordPieceTokenizer:
   vocab, options = _read_wordpiece(hf_dir)
-  specials = _special_tokens(hf_dir, _WORDPIECE_DEFAULTS)
+  specials = special_tokens(hf_dir, _WORDPIECE_DEFAULTS)
   ids = {piece: i for i, piece in enumerate(vocab)}
-  role_ids = {role: ids.get(specials.get(key, "")) for role, key in _WORDPIECE_ROLES.items()}
+  role_ids = {role: ids.get(specials.get(ROLE_KEYS[role], "")) for role in _WORDPIECE_ROLE_ORDER}
   hf_size = max(model_vocab_size, len(vocab))
-  return HfWordPieceTokenizer(vocab, build_vocab_map(hf_size, role_ids, {}), specials, **options)
+  return HfWordPieceTokenizer(vocab, build_vocab_map(hf_size, role_ids, copy_rules or {}), specials, **options)
 
 
-def load_hf_tokenizer(directory: Path, config: dict[str, Any]) -> Tokenizer:
-  """The inverse of Tokenizer.save for the hf_* kinds (what lmjax.data.tokenizers.load_tokenizer calls for them)."""
-  vocab_map = VocabMap.from_json(config["vocab_map"])
-  if config["kind"] == "hf_bpe":
-    vocab, merges = _read_bpe(directory)
-    return HfBpeTokenizer(vocab, merges, vocab_map, config["special_tokens"])
-  vocab = read_vocab_lines(directory / "vocab.txt")
-  options = {k: config[k] for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "max_chars_per_word")}
-  return HfWordPieceTokenizer(vocab, vocab_map, config["special_tokens"], **options)
+def _tokenizer_config_files(hf_dir: Path) -> dict[str, bytes]:
+  """tokenizer_config.json and a separate chat template file, when the checkpoint has them."""
+  return {name: (hf_dir / name).read_bytes() for name in (TOKENIZER_CONFIG, "special_tokens_map.json",
+                                                         "chat_template.jinja", "chat_template.json")
+          if (hf_dir / name).is_file()}
+
+
+def read_checkpoint_tokenizer(hf_dir: Path, model_vocab_size: int, copy_rules: dict[str, str]) -> _CheckpointTokenizer:
+  """The tokenizer of a Llama-family or T5 checkpoint: tokenizer.json when it has one, else its SentencePiece
+  model. `copy_rules`: which role's row seeds a role the vocabulary lacks (lmjax/hf/vocab.py)."""
+  files = _tokenizer_config_files(hf_dir)
+  specials = special_tokens(hf_dir)
+  if (hf_dir / "tokenizer.json").is_file():
+    files[HF_TOKENIZER_FILE] = (hf_dir / "tokenizer.json").read_bytes()
+    cls: type[_CheckpointTokenizer] = HfFastTokenizer
+  else:
+    model = next((name for name in SENTENCEPIECE_FILES if (hf_dir / name).is_file()), None)
+    if model is None:
+      raise HfError(f"{hf_dir} has no tokenizer: expected tokenizer.json or a SentencePiece model "
+                    f"({', '.join(SENTENCEPIECE_FILES)})")
+    files[model] = (hf_dir / model).read_bytes()
+    cls = HfSentencePieceTokenizer
+  # The map is built from the tokenizer itself, so read it once with an identity map first.
+  probe = cls(files, VocabMap(1, {}), specials)
+  role_ids = {role: probe.token_id(specials[key]) if key in specials else None for role, key in ROLE_KEYS.items()}
+  hf_size = max(model_vocab_size, probe.hf_vocab_size)
+  return cls(files, build_vocab_map(hf_size, role_ids, copy_rules), specials)
