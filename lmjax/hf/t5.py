@@ -147,7 +147,8 @@ def export_params(params: dict[str, Any], model: dict[str, Any], vocab: VocabMap
     out[h + "1.layer_norm.weight"] = layer["ln_cross"]["scale"]
     mlp(layer["mlp"], h + "2.DenseReluDense.")
     out[h + "2.layer_norm.weight"] = layer["ln_mlp"]["scale"]
-  out["lm_head.weight"] = shared if model["tie_embeddings"] else vocab.export_rows(params["lm_head"]["kernel"].T)
+  if not model["tie_embeddings"]:  # a tied head is shared.weight itself, which transformers ties on loading
+    out["lm_head.weight"] = vocab.export_rows(params["lm_head"]["kernel"].T)
   return out
 
 

@@ -308,6 +308,11 @@ class HfSentencePieceTokenizer(_CheckpointTokenizer):
     self._set_map(vocab_map)
     model = next(name for name in files if name in SENTENCEPIECE_FILES)
     self._sp = spm.SentencePieceProcessor(model_proto=files[model])
+    # Text after a special token continues the text, as transformers reads it: no word-start marker of its own.
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+    proto = sentencepiece_model_pb2.ModelProto.FromString(files[model])
+    proto.normalizer_spec.add_dummy_prefix = False
+    self._sp_continued = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
     specials = sorted({s for s in special_tokens.values() if self.token_id(s) is not None}, key=len, reverse=True)
     self._specials = {s: self._sp.piece_to_id(s) for s in specials}
     self._split = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
@@ -324,11 +329,11 @@ class HfSentencePieceTokenizer(_CheckpointTokenizer):
     if self._split is None:
       return self._sp.encode(text)
     ids: list[int] = []
-    for part in self._split.split(text):
+    for i, part in enumerate(self._split.split(text)):
       if part in self._specials:
         ids.append(self._specials[part])
       elif part:
-        ids.extend(self._sp.encode(part))
+        ids.extend((self._sp if i == 0 else self._sp_continued).encode(part))
     return ids
 
   def piece_bytes(self, hf_id: int) -> bytes:
