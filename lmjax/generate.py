@@ -4,11 +4,15 @@ r"""Generate text from a trained run, and write sample sheets for people to judg
   python -m lmjax.generate --workdir=runs/default --input=prompts.txt --num_samples=4 --temperature=0.8 \
       --sheet=top_p09
   python -m lmjax.generate --workdir=runs/default --prompt="In the beginning" --beam_size=4 --length_penalty=0.6
+  python -m lmjax.generate --workdir=runs/qwen2 --chat --system="Be brief." --user="Hi!" --temperature=0
 
 Reads the run's config.json, tokenizer and the latest checkpoint's parameters (or --step's), generates
 --num_samples continuations of every prompt (one batch, decoded over a key/value cache), and prints them. With
 --sheet=NAME it also writes workdir/samples/NAME.md (the settings, then each prompt with its samples) and NAME.jsonl
 (one record per sample). Without --prompt or --input it samples from the start of a document (an empty prompt).
+With --chat it answers a conversation (--system and repeated --user flags, or a --messages JSONL file) rendered
+with the run's chat template, an imported checkpoint's own or lmjax's built-in one (lmjax/data/chat.py), and
+prints the assistant's reply.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default the latest.")
 _SHEET = flags.DEFINE_string("sheet", "", "Also write workdir/samples/NAME.md and NAME.jsonl.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows (prompt x sample) decoded together, at most.")
+_CHAT = flags.DEFINE_bool("chat", False, "Reply as the assistant to a conversation rendered with the run's chat "
+                          "template: --system and --user flags, or --messages.")
+_SYSTEM = flags.DEFINE_string("system", "", "--chat: the system message.")
+_USER = flags.DEFINE_multi_string("user", [], "--chat: a user message; repeat for several turns.")
+_MESSAGES = flags.DEFINE_string("messages", "", "--chat: a JSONL file, one {\"role\", \"content\"} message per line "
+                                "(one conversation), or one {\"messages\": [...]} conversation per line.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -61,8 +71,41 @@ def check_flags() -> None:
          f"that many sequences per prompt")
   if _BEAM_SIZE.value and (_TOP_K.value or _TOP_P.value < 1.0):
     fail("--top_k and --top_p apply to sampling, not to beam search (--beam_size)")
+  if not _CHAT.value and (_USER.value or _SYSTEM.value or _MESSAGES.value):
+    fail("--user, --system and --messages give a conversation to --chat; add --chat")
+  if _CHAT.value and (_PROMPT.value or _INPUT.value):
+    fail("--chat takes its conversation from --user/--system or --messages, not --prompt/--input")
   if _SHEET.value and not re.fullmatch(r"[\w.-]+", _SHEET.value):
     fail(f"--sheet={_SHEET.value!r} must be a plain file name (letters, digits, '_', '-', '.')")
+
+
+def read_conversations() -> list[list[dict[str, str]]]:
+  """--chat: the conversations to answer, from --messages or from --system/--user."""
+  if _MESSAGES.value:
+    try:
+      lines = [json.loads(line) for line in Path(_MESSAGES.value).read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      fail(f"--messages={_MESSAGES.value}: cannot read it ({e.__class__.__name__}: {e})")
+    if lines and all(isinstance(x, dict) and "messages" in x for x in lines):
+      return [x["messages"] for x in lines]
+    return [lines]
+  if not _USER.value:
+    fail("--chat needs a conversation: --user=TEXT (repeatable, with --system=TEXT) or --messages=FILE")
+  system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
+  return [system + [{"role": "user", "content": text} for text in _USER.value]]
+
+
+def chat_prompts(workdir: Path, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+  """(rendered conversations, their token ids) with the run's chat template (lmjax/data/chat.py)."""
+  from lmjax.data import chat
+  try:
+    template = chat.from_directory(workdir / "tokenizer")
+    conversations = read_conversations()
+    texts = [template.render(c, add_generation_prompt=True) for c in conversations]
+    return texts, [chat.prompt_ids(template, tokenizer, c) for c in conversations]
+  except chat.ChatError as e:
+    fail(str(e))
 
 
 def read_prompts() -> list[str]:
@@ -140,8 +183,10 @@ def load_params(workdir: Path, step: int | None) -> tuple[Any, int]:
 
 
 def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], s: dict[str, Any],
-                   num_samples: int, batch_size: int) -> list[list[dict[str, Any]]]:
-  """For each prompt, num_samples dicts {"text", "new_tokens", and "score" for beam search}."""
+                   num_samples: int, batch_size: int,
+                   prompt_ids: list[list[int]] | None = None) -> list[list[dict[str, Any]]]:
+  """For each prompt, num_samples dicts {"text", "new_tokens", and "score" for beam search}. `prompt_ids`, when
+  given, are the prompts' tokens as they are (a rendered chat), instead of <bos> and the encoded prompt."""
   import functools
   import jax
   import jax.numpy as jnp
@@ -157,6 +202,8 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
     raise ValueError(f"a source of {S} tokens (with <eos>) exceeds model.max_len={decoder.max_len}, the size of the "
                      f"learned position table; shorten it")
   encoded = [[BOS_ID] if translating else [BOS_ID, *tokenizer.encode(p).tolist()] for p in prompts]
+  if prompt_ids is not None and not translating:
+    encoded = [list(ids) for ids in prompt_ids]
   P = max(map(len, encoded))
   decode.check_fits(decoder, P, s["max_new_tokens"])
   beam = s["strategy"] == "beam"
@@ -235,16 +282,21 @@ def main(argv: list[str]) -> None:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   console.setup()
   check_flags()
-  prompts = read_prompts()
   workdir = Path(_WORKDIR.value)
   config, tokenizer, model = load_run(workdir)
+  prompt_ids = None
+  if _CHAT.value:
+    prompts, prompt_ids = chat_prompts(workdir, tokenizer)
+  else:
+    prompts = read_prompts()
   params, step = load_params(workdir, _STEP.value)
   s = settings()
   if config.model.name == "encdec":
     s = translation_settings(config, s)
   start = time.perf_counter()
   try:
-    results = generate_texts(model, params, tokenizer, prompts, s, _NUM_SAMPLES.value, _BATCH_SIZE.value)
+    results = generate_texts(model, params, tokenizer, prompts, s, _NUM_SAMPLES.value, _BATCH_SIZE.value,
+                             prompt_ids)
   except ValueError as e:  # e.g. prompt + max_new_tokens beyond a learned-position model's max_len
     fail(str(e))
   seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import numpy as np
 from lmjax.config import ConfigError, flatten
 from lmjax.models import family
 from lmjax.models.finetune_heads import PRETRAINED_SUBTREES
+from lmjax.registry import TASKS
 from lmjax.saved_run import RunError, SavedRun, open_run
 
 # model fields that change no parameter shape: a fine-tune may set them differently from its pretraining run.
@@ -44,9 +45,10 @@ def check(config: ml_collections.ConfigDict) -> SavedRun | None:
                       f"(steps: {', '.join(map(str, run.steps)) or 'none'}); use 0 for its latest")
   if not run.steps:
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} has no checkpoint; train that run first")
-  if family(run.config.model.name).interface != "encoder":
+  if not TASKS.get(config.task).trains(family(run.config.model.name)):
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} is a model.name={run.config.model.name!r} run; "
-                      f"fine-tuning starts from an encoder (a task='mlm' run, or another fine-tuning run)")
+                      f"task={config.task!r} starts from an encoder (a task='mlm' run, or another fine-tuning run)"
+                      f"{' or, for classification, a decoder or encoder-decoder' if config.task != 'classification' else ''}")
   saved = flatten(run.config.to_dict())
   mine = flatten(config.to_dict())
   differ = [k for k in sorted(saved) if k.startswith(("model.", "tokenizer.")) and k in mine and saved[k] != mine[k]
@@ -77,14 +79,14 @@ def pretrained_params(config: ml_collections.ConfigDict, params: Any) -> tuple[A
   finetune.init_from run in place of their random values: (params as host arrays, the subtrees copied)."""
   run = _open(config)
   saved, step = run.load_params(config.finetune.init_step or None)
+  # The run's parameters as this model's subtrees (a decoder's whole body becomes 'decoder', ...).
+  saved = family(run.config.model.name).pretrained_subtrees(dict(saved))
   new, copied = dict(jax.device_get(params)), []
+  if not any(name in saved for name in new):
+    raise ConfigError(f"config.finetune.init_from={config.finetune.init_from!r} (step {step}) has no "
+                      f"'{next(iter(new))}' parameters to start from")
   for name in PRETRAINED_SUBTREES:
-    if name not in new:
-      continue
-    if name not in saved:
-      if name == "encoder":
-        raise ConfigError(f"config.finetune.init_from={config.finetune.init_from!r} (step {step}) has no "
-                          f"'encoder' parameters to start from")
+    if name not in new or name not in saved:
       continue  # e.g. a pretraining run without a pooler: this one keeps its fresh pooler
     fresh, loaded = _paths(new[name]), _paths(jax.device_get(saved[name]))
     for path in sorted(set(fresh) | set(loaded)):

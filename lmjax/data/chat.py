@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 ROLES = ("system", "user", "assistant")
@@ -51,6 +52,7 @@ class ChatError(ValueError):
 
 def _environment():
   import jinja2  # pylint: disable=import-outside-toplevel
+  import jinja2.ext  # pylint: disable=import-outside-toplevel  (not imported by `import jinja2` alone)
   from jinja2 import sandbox  # pylint: disable=import-outside-toplevel
 
   def raise_exception(message: str):
@@ -137,3 +139,27 @@ class ChatTemplate:
       spans.append((len(previous), len(text)))
       previous = text
     return previous, spans
+
+
+def from_directory(directory: str | Path) -> ChatTemplate:
+  """The chat template of a saved tokenizer (a workdir's tokenizer/, or a checkpoint directory): its
+  tokenizer_config.json's chat_template, or a chat_template.jinja beside it as newer checkpoints store it; the
+  built-in template when it has neither."""
+  directory = Path(directory)
+  path = directory / "tokenizer_config.json"
+  try:
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+  except json.JSONDecodeError as e:
+    raise ChatError(f"{path} is not valid JSON ({e})") from None
+  if config.get("chat_template") is None and (directory / "chat_template.jinja").is_file():
+    config = {**config, "chat_template": (directory / "chat_template.jinja").read_text(encoding="utf-8")}
+  return ChatTemplate.from_tokenizer_config(config, str(path)) or ChatTemplate()
+
+
+def prompt_ids(template: ChatTemplate, tokenizer: Any, messages: Iterable[Mapping[str, str]]) -> list[int]:
+  """The token ids that ask the model for the next assistant turn, as transformers' apply_chat_template(...,
+  add_generation_prompt=True) gives them: the rendered text encoded as it is (a checkpoint's template writes its
+  own <bos>); the built-in template's text follows lmjax's <bos>, as every lmjax document does."""
+  from lmjax.data.tokenizers import BOS_ID  # pylint: disable=import-outside-toplevel
+  ids = tokenizer.encode(template.render(messages, add_generation_prompt=True)).tolist()
+  return [BOS_ID, *ids] if template.name == "builtin" else ids

@@ -12,6 +12,7 @@ do, so that tasks, decoding and validation ask the family instead of testing nam
   decodes      extends a sequence over a key/value cache (lmjax.decode drives `init_cache` / `extend`).
   sows_layers  records per-layer hidden states and attention maps when asked (distillation).
   fit_only     has no gradient training: fitted in one pass over the data (the n-gram model).
+  classifies   has a sequence classifier on its pretrained body (`sequence_classifier`, `pretrained_subtrees`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ModelConfig:
   decodes: ClassVar[bool] = False
   sows_layers: ClassVar[bool] = False
   fit_only: ClassVar[bool] = False
+  classifies: ClassVar[bool] = False  # has a sequence_classifier (task='classification' fine-tunes it)
   registered_name: ClassVar[str] = ""
 
   # --- the config section ---------------------------------------------------------------------------------------
@@ -106,3 +108,18 @@ class ModelConfig:
   def context_limit(self) -> int | None:
     """max_context of this frozen config."""
     return None
+
+  # --- fine-tuning (task='classification', lmjax.init_from) ----------------------------------------------------
+
+  def sequence_classifier(self, num_outputs: int) -> Any:
+    """A module (tokens_BL, token_types_BL, segment_ids_BL, deterministic) -> [B, num_outputs] float32 logits
+    over whole sequences, built on this family's pretrained body; None: the family classifies nothing."""
+    del num_outputs
+    return None
+
+  @classmethod
+  def pretrained_subtrees(cls, params: dict[str, Any]) -> dict[str, Any]:
+    """A pretraining run's parameters as the subtrees of this family's fine-tuning models that start from them
+    (the rest, a task head, starts fresh)."""
+    del params
+    return {}

@@ -49,11 +49,8 @@ class Decoder(nn.Module):
                logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
     """`logits_index_B` keeps one index of each row before the vocabulary projection (logits [B, 1, V]): a prefill
     needs only its last prompt token's logits, and the projection is the largest matmul of the model."""
-    x_BLD = self.embed(tokens_BL)
-    if self.cfg.scale_embeddings:  # Gemma: embeddings times sqrt(d_model), in the compute dtype
-      x_BLD = x_BLD * jnp.asarray(self.cfg.d_model ** 0.5, x_BLD.dtype)
-    out = self.stack(x_BLD, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
-                     deterministic=deterministic, cache=cache)
+    out = self.hidden(tokens_BL, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
+                      deterministic=deterministic, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
     if logits_index_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
@@ -61,6 +58,16 @@ class Decoder(nn.Module):
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab")).astype(jnp.float32)
     logits_BLV = logit_mask.apply(logits_BLV, self.cfg.logit_mask)
     return logits_BLV if cache is None else (logits_BLV, new_cache)
+
+  def hidden(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
+             segment_ids_BL: jax.Array | None = None, deterministic: bool = True,
+             cache: tuple[KVCache, ...] | None = None) -> Any:
+    """The stack's output [B, L, D] before the vocabulary projection (with a cache: and the updated cache)."""
+    x_BLD = self.embed(tokens_BL)
+    if self.cfg.scale_embeddings:  # Gemma: embeddings times sqrt(d_model), in the compute dtype
+      x_BLD = x_BLD * jnp.asarray(self.cfg.d_model ** 0.5, x_BLD.dtype)
+    return self.stack(x_BLD, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL, deterministic=deterministic,
+                      cache=cache)
 
   # --- the cache interface of lmjax.decode ------------------------------------------------------------------------
 
@@ -84,7 +91,16 @@ class Decoder(nn.Module):
 class GptConfig(TransformerConfig):
   scale_embeddings: bool = False  # token embeddings times sqrt(d_model) before the stack (Gemma)
 
+  def sequence_classifier(self, num_outputs: int) -> Any:
+    from lmjax.models.finetune_heads import LastTokenClassifier  # pylint: disable=import-outside-toplevel
+    return LastTokenClassifier(self, num_outputs)
+
+  @classmethod
+  def pretrained_subtrees(cls, params: dict[str, Any]) -> dict[str, Any]:
+    return {"decoder": {k: v for k, v in params.items() if k != "lm_head"}}
+
   module: ClassVar[Any] = Decoder
   interface: ClassVar[str] = "next_token"
+  classifies: ClassVar[bool] = True
   decodes: ClassVar[bool] = True
   sows_layers: ClassVar[bool] = True

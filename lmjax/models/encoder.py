@@ -120,8 +120,17 @@ class BertConfig(TransformerConfig):
 
   module: ClassVar[Any] = Bert
   interface: ClassVar[str] = "encoder"
+  classifies: ClassVar[bool] = True
   sows_layers: ClassVar[bool] = True
 
   @classmethod
   def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
     config_lib.at_least(cfg, "model.type_vocab_size", 1)
+
+  def sequence_classifier(self, num_outputs: int) -> Any:
+    from lmjax.models.finetune_heads import SequenceClassifier  # pylint: disable=import-outside-toplevel
+    return SequenceClassifier(self, num_outputs)
+
+  @classmethod
+  def pretrained_subtrees(cls, params: dict[str, Any]) -> dict[str, Any]:
+    return {name: params[name] for name in ("encoder", "pooler") if name in params}

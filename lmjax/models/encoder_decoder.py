@@ -142,6 +142,25 @@ class EncoderDecoder(nn.Module):
     return logits_BLV, {**cache, "self": self_cache}
 
 
+class SourceEncoder(nn.Module):
+  """The encoder half alone, under the encoder-decoder's own parameter names: [B, S] tokens -> [B, S, D]."""
+  cfg: "EncoderDecoderConfig"
+
+  def setup(self):
+    cfg = self.cfg
+    self.target_embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype_of(cfg.dtype),
+                                 param_dtype=dtype_of(cfg.param_dtype),
+                                 embedding_init=normal_init(cfg.init_std, "vocab", "embed"))
+    self.encoder = TransformerStack(cfg, causal=False, num_layers=cfg.num_layers, names=ENCODER_NAMES)
+    nn.share_scope(self, self.encoder)
+
+  def __call__(self, source_BS: jax.Array, segment_ids_BS: jax.Array, deterministic: bool = True) -> jax.Array:
+    return self.encoder(self.target_embed(source_BS), segment_ids_BL=segment_ids_BS, deterministic=deterministic)
+
+
+ENCODER_SUBTREES = ("target_embed", "encoder_norm", "source_relative_bias", "source_positions", "source_embed_norm")
+
+
 @MODELS.register("encdec")
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderConfig(TransformerConfig):
@@ -151,6 +170,7 @@ class EncoderDecoderConfig(TransformerConfig):
 
   module: ClassVar[Any] = EncoderDecoder
   interface: ClassVar[str] = "seq2seq"
+  classifies: ClassVar[bool] = True
   decodes: ClassVar[bool] = True
 
   @property
@@ -160,3 +180,15 @@ class EncoderDecoderConfig(TransformerConfig):
   @classmethod
   def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
     config_lib.at_least(cfg, "model.num_decoder_layers", 0)
+
+  def sequence_classifier(self, num_outputs: int) -> Any:
+    from lmjax.models.finetune_heads import SourceClassifier  # pylint: disable=import-outside-toplevel
+    return SourceClassifier(self, num_outputs)
+
+  @classmethod
+  def pretrained_subtrees(cls, params: dict[str, Any]) -> dict[str, Any]:
+    """The encoder (and the shared embedding: a model with its own source embedding keeps it)."""
+    encoder = {k: v for k, v in params.items() if k.startswith("encoder_") or k in ENCODER_SUBTREES}
+    if "source_embed" in params:
+      encoder["target_embed"] = params["source_embed"]
+    return {"encoder": encoder}

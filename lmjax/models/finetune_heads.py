@@ -1,23 +1,31 @@
-"""Fine-tuning models: the BERT encoder (lmjax.models.encoder.Encoder) with a task head on top.
+"""Fine-tuning models: a pretrained body with a task head on top.
 
-Each names its spine 'encoder' (and its pooler 'pooler') exactly as the pretraining model `Bert` does, so a
-pretraining checkpoint's subtrees copy over unchanged (lmjax.init_from); everything else is the new head, which
-starts from its random initialization.
+The BERT encoder (lmjax.models.encoder.Encoder) serves every task; each model names its spine 'encoder' (and its
+pooler 'pooler') exactly as the pretraining model `Bert` does, so a pretraining checkpoint's subtrees copy over
+unchanged (lmjax.init_from). Sequence classification also runs on a decoder, read at each example's last real
+token (the only one that has seen the whole input), with the decoder under 'decoder', and on an encoder-decoder's
+encoder, mean-pooled over the real tokens, under 'encoder'. A family says which of these it has and how its
+pretraining parameters map onto them (ModelConfig.sequence_classifier, pretrained_subtrees). Everything else is the
+new head, which starts from its random initialization.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lmjax.models.decoder import Decoder
 from lmjax.models.encoder import BertConfig, Encoder, Pooler
+from lmjax.models.encoder_decoder import SourceEncoder
 from lmjax.models.layers import Projection
 
-PRETRAINED_SUBTREES = ("encoder", "pooler")
+PRETRAINED_SUBTREES = ("encoder", "pooler", "decoder")
 
 
-def _head(cfg: BertConfig, num_outputs: int, name: str) -> Projection:
+def _head(cfg: Any, num_outputs: int, name: str) -> Projection:
   return Projection((num_outputs,), ("embed",), (None,), cfg.init_std, True, cfg.dtype, cfg.param_dtype, name=name)
 
 
@@ -62,3 +70,36 @@ class SpanExtractor(nn.Module):
     logits_BL2 = _head(self.cfg, 2, "span")(x_BLD).astype(jnp.float32)
     logits_BL2 = jnp.where((segment_ids_BL > 0)[..., None], logits_BL2, -1e9)
     return logits_BL2[..., 0], logits_BL2[..., 1]
+
+
+class LastTokenClassifier(nn.Module):
+  """A decoder's hidden state at each row's last real token -> dropout -> linear: [B, num_outputs] logits."""
+  cfg: Any  # a GptConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    del token_types_BL  # a decoder has no token types; the separator tokens mark the segments
+    x_BLD = Decoder(self.cfg, name="decoder").hidden(tokens_BL, segment_ids_BL=segment_ids_BL,
+                                                     deterministic=deterministic)
+    last_B = jnp.maximum(jnp.sum(segment_ids_BL > 0, axis=-1) - 1, 0)
+    x_BD = jnp.take_along_axis(x_BLD, last_B[:, None, None], axis=1)[:, 0]
+    x_BD = nn.Dropout(self.cfg.dropout)(x_BD, deterministic=deterministic)
+    return _head(self.cfg, self.num_outputs, "classifier")(x_BD).astype(jnp.float32)
+
+
+class SourceClassifier(nn.Module):
+  """An encoder-decoder's encoder output, mean-pooled over the real tokens -> dropout -> linear (T5's encoder)."""
+  cfg: Any  # an EncoderDecoderConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    del token_types_BL
+    x_BLD = SourceEncoder(self.cfg, name="encoder")(tokens_BL, segment_ids_BL, deterministic)
+    real_BL1 = (segment_ids_BL > 0)[..., None].astype(jnp.float32)
+    pooled_BD = (x_BLD.astype(jnp.float32) * real_BL1).sum(1) / jnp.maximum(real_BL1.sum(1), 1.0)
+    pooled_BD = nn.Dropout(self.cfg.dropout)(pooled_BD, deterministic=deterministic)
+    return _head(self.cfg, self.num_outputs, "classifier")(pooled_BD).astype(jnp.float32)

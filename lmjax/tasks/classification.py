@@ -1,4 +1,6 @@
-"""Sequence classification and regression on the BERT encoder: single sentences or pairs, local TSV/JSONL or GLUE.
+"""Sequence classification and regression: single sentences or pairs, local TSV/JSONL or GLUE, on the BERT encoder
+(pooled [CLS]), a decoder (its last real token) or an encoder-decoder's encoder (mean-pooled): the family's
+`sequence_classifier`.
 
 Classes: softmax cross-entropy over the pooled [CLS] vector; metrics accuracy, F1 (binary: class id 1 is positive;
 macro over classes otherwise) and Matthews correlation. Regression (finetune.regression, e.g. STS-B): one output,
@@ -23,7 +25,6 @@ from lmjax.data import labelled
 from lmjax.data.labelled import LabelVocab
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.models import model_config
-from lmjax.models.finetune_heads import SequenceClassifier
 from lmjax.registry import TASKS
 from lmjax.tasks.base import VocabInfo
 from lmjax.tasks.finetune import EncoderTask, ExampleData, abstract_arrays, cap, row_weights, write_jsonl
@@ -90,6 +91,12 @@ class ClassificationTask(EncoderTask):
   kind: ClassVar[str] = "classification"
 
   @classmethod
+  def trains(cls, family: Any) -> bool:
+    """Every family with a sequence classifier: BERT's pooled [CLS], a decoder's last token, an encoder-decoder's
+    pooled encoder."""
+    return family.classifies and not family.fit_only
+
+  @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> ClassificationData:
     train_examples, glue_vocab = _read(config, "train", data_dir)
     eval_examples, _ = _read(config, "eval", data_dir)
@@ -119,7 +126,7 @@ class ClassificationTask(EncoderTask):
     else:
       raise ConfigError("config.finetune.labels is empty: without the data the number of classes is unknown; "
                         "list the class names, e.g. 'negative,positive'")
-    model = SequenceClassifier(model_config(config, vocab.size), num_outputs)
+    model = model_config(config, vocab.size).sequence_classifier(num_outputs)
     return cls(model, f.freeze_embeddings, f.freeze_layers, config.data.seq_len, f.regression)
 
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:

@@ -100,7 +100,8 @@ def validate_fields(cfg: ml_collections.ConfigDict, kind: str) -> None:
   config_lib.at_least(cfg, "finetune.head_lr_multiplier", 0.0, strict=True)
 
 # Encoder parameters that make up BERT's embedding layer (frozen together by finetune.freeze_embeddings).
-EMBEDDING_PARAMS = ("embed", "token_types", "positions", "ln_embed", "relative_bias")
+EMBEDDING_PARAMS = ("embed", "token_types", "positions", "ln_embed", "relative_bias", "target_embed",
+                    "source_relative_bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,13 +178,13 @@ class EncoderTask(Task):
   def param_groups(self, params: Any) -> Any:
     """'frozen' for the frozen embeddings and first layers, 'body' for the rest of the pretrained subtrees,
     'head' for what is new (the task head)."""
-    frozen_layers = {f"layer_{i}" for i in range(self.freeze_layers)}
+    frozen_layers = {name.format(i) for i in range(self.freeze_layers) for name in ("layer_{}", "encoder_{}")}
 
     def group(path, _):
       names = [str(getattr(k, "key", "")) for k in path]
       if names[0] not in PRETRAINED_SUBTREES:
         return "head"
-      if names[0] == "encoder" and len(names) > 1:
+      if names[0] in ("encoder", "decoder") and len(names) > 1:
         if names[1] in frozen_layers or (self.freeze_embeddings and names[1] in EMBEDDING_PARAMS):
           return "frozen"
       return "body"
