@@ -50,6 +50,11 @@ ROLE_KEYS = {"eos": "eos_token", "bos": "bos_token", "unk": "unk_token", "pad": 
 _WORDPIECE_ROLE_ORDER = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 
 
+# GPT-2's pre-tokenization: contractions, runs of letters, of digits, of other symbols (each with one optional
+# leading space), and whitespace, where a whitespace run before a word leaves its last space to that word.
+_GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
 def _library():
   try:
     import tokenizers  # pylint: disable=import-outside-toplevel
@@ -131,11 +136,33 @@ class HfBpeTokenizer(_MappedTokenizer):
     lib = _library()
     self.vocab, self.merges, self.special_tokens = vocab, merges, special_tokens
     self._set_map(vocab_map)
-    # No added tokens: special-token strings in text stay text, as lmjax's data expects.
-    self._tok = lib.Tokenizer(lib.models.BPE(vocab, merges))
-    self._tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     self._pieces = {i: piece for piece, i in vocab.items()}
     self._byte_of = {c: b for b, c in _byte_to_unicode().items()}
+    # tiktoken when installed (several times faster, the same ids: experiments/hf_checkpoints/), else tokenizers.
+    # Neither is given the added tokens: special-token strings in text stay text, as lmjax's data expects.
+    self._encode = self._tiktoken_encoder()
+    if self._encode is None:
+      tok = lib.Tokenizer(lib.models.BPE(vocab, merges))
+      tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+      self._encode = lambda text: tok.encode(text, add_special_tokens=False).ids
+
+  def _tiktoken_encoder(self):
+    try:
+      import tiktoken  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      return None
+    # tiktoken ranks byte strings and merges the lowest-ranked pair first; GPT-2's vocabulary ranks by id, and
+    # every merge result's id follows its parts', so the ranks are the ids (checked: every piece is a merge).
+    ranks = {}
+    for piece, i in self.vocab.items():
+      ranks[bytes(self._byte_of.get(c, 0) for c in piece)] = i
+    merged = {a + b for a, b in self.merges}
+    singles = {c for piece in self.vocab for c in piece if len(piece) == 1}
+    if any(len(p) > 1 and p not in merged for p in self.vocab if p not in self.special_tokens.values()) or \
+        len(ranks) != len(self.vocab) or len(singles) < 256:
+      return None  # a vocabulary tiktoken cannot rank the same way: use tokenizers
+    encoding = tiktoken.Encoding("lmjax-hf-bpe", pat_str=_GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    return encoding.encode_ordinary
 
   def __getstate__(self) -> dict[str, Any]:
     return {"vocab": self.vocab, "merges": self.merges, "vocab_map": self.vocab_map,
@@ -146,7 +173,7 @@ class HfBpeTokenizer(_MappedTokenizer):
 
   def encode_hf(self, text: str) -> list[int]:
     """The HF ids of `text`, as GPT2Tokenizer gives them."""
-    return self._tok.encode(text, add_special_tokens=False).ids
+    return self._encode(text)
 
   def piece_bytes(self, hf_id: int) -> bytes:
     piece = self._pieces.get(hf_id)
