@@ -124,7 +124,7 @@ def test_continued_pretraining_and_last_token_classification(qwen_run, tmp_path)
   for name, n, seed in (("train", 200, 0), ("eval", 32, 1)):
     write_sentiment(tmp_path / f"{name}.tsv", n, seed)
     c.finetune[f"{name}_file"] = str(tmp_path / f"{name}.tsv")
-  c.finetune.update(init_from=str(qwen_run), init_step=0, labels="neg,pos")
+  c.finetune.update(init_from=str(qwen_run), labels="neg,pos")  # its latest checkpoint: step 4
   c.optim.update(learning_rate=3e-3, warmup_steps=5)
   c.train.update(num_steps=60, steps_per_call=10, log_every=10, eval_every=60, checkpoint_every=60, eval_batches=0,
                  batch_size=16, tensorboard=False, plot=False, num_samples=0)
@@ -135,7 +135,7 @@ def test_continued_pretraining_and_last_token_classification(qwen_run, tmp_path)
                                  is_leaf=lambda x: hasattr(x, "value"))
   params, copied = init_from.pretrained_params(c, fresh)
   assert copied == ["decoder"]
-  saved = open_run(qwen_run).load_params(0)[0]
+  saved = open_run(qwen_run).load_params()[0]
   np.testing.assert_array_equal(params["decoder"]["embed"]["embedding"], np.asarray(saved["embed"]["embedding"]))
   final = train.train_and_evaluate(c, tmp_path / "cls")
   assert final["accuracy"] >= 0.9
