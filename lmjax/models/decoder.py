@@ -15,7 +15,7 @@ from flax import linen as nn
 
 from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache
-from lmjax.models.layers import dtype_of, normal_init
+from lmjax.models.layers import classifier_head, dtype_of, normal_init
 from lmjax.models.stack import TransformerConfig, TransformerStack, empty_cache
 from lmjax.registry import MODELS
 
@@ -86,13 +86,29 @@ class Decoder(nn.Module):
     return self(tokens_BL, positions_BL=positions_BL, cache=cache, logits_index_B=logits_index_B)
 
 
+class LastTokenClassifier(nn.Module):
+  """A decoder's hidden state at each row's last real token -> dropout -> linear: [B, num_outputs] logits."""
+  cfg: Any  # a GptConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    del token_types_BL  # a decoder has no token types; the separator tokens mark the segments
+    x_BLD = Decoder(self.cfg, name="decoder").hidden(tokens_BL, segment_ids_BL=segment_ids_BL,
+                                                     deterministic=deterministic)
+    last_B = jnp.maximum(jnp.sum(segment_ids_BL > 0, axis=-1) - 1, 0)
+    x_BD = jnp.take_along_axis(x_BLD, last_B[:, None, None], axis=1)[:, 0]
+    x_BD = nn.Dropout(self.cfg.dropout)(x_BD, deterministic=deterministic)
+    return classifier_head(self.cfg, self.num_outputs, "classifier")(x_BD).astype(jnp.float32)
+
+
 @MODELS.register("gpt")
 @dataclasses.dataclass(frozen=True)
 class GptConfig(TransformerConfig):
   scale_embeddings: bool = False  # token embeddings times sqrt(d_model) before the stack (Gemma)
 
   def sequence_classifier(self, num_outputs: int) -> Any:
-    from lmjax.models.finetune_heads import LastTokenClassifier  # pylint: disable=import-outside-toplevel
     return LastTokenClassifier(self, num_outputs)
 
   @classmethod

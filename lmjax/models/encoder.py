@@ -23,7 +23,8 @@ from flax import linen as nn
 
 from lmjax import config as config_lib
 from lmjax.models import logit_mask
-from lmjax.models.layers import ACTIVATIONS, Norm, Projection, dtype_of, normal_init, zeros_init
+from lmjax.models.layers import (ACTIVATIONS, Norm, Projection, classifier_head, dtype_of, normal_init,
+                                 zeros_init)
 from lmjax.models.stack import TransformerConfig, TransformerStack
 from lmjax.registry import MODELS
 
@@ -113,6 +114,20 @@ class Bert(nn.Module):
     return {"mlm_logits": mlm_logits_BPV, "nsp_logits": nsp_logits_B2.astype(jnp.float32)}
 
 
+class SequenceClassifier(nn.Module):
+  """[CLS] pooled vector -> dropout -> linear: [B, num_outputs] logits (num_outputs=1: a regression value)."""
+  cfg: BertConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    x_BLD = Encoder(self.cfg, name="encoder")(tokens_BL, token_types_BL, segment_ids_BL, deterministic=deterministic)
+    pooled_BD = Pooler(self.cfg, name="pooler")(x_BLD)
+    pooled_BD = nn.Dropout(self.cfg.dropout)(pooled_BD, deterministic=deterministic)
+    return classifier_head(self.cfg, self.num_outputs, "classifier")(pooled_BD).astype(jnp.float32)
+
+
 @MODELS.register("bert")
 @dataclasses.dataclass(frozen=True)
 class BertConfig(TransformerConfig):
@@ -128,7 +143,6 @@ class BertConfig(TransformerConfig):
     config_lib.at_least(cfg, "model.type_vocab_size", 1)
 
   def sequence_classifier(self, num_outputs: int) -> Any:
-    from lmjax.models.finetune_heads import SequenceClassifier  # pylint: disable=import-outside-toplevel
     return SequenceClassifier(self, num_outputs)
 
   @classmethod

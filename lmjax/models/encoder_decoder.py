@@ -30,7 +30,7 @@ from flax import linen as nn
 from lmjax import config as config_lib
 from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache, attention_mask
-from lmjax.models.layers import Projection, dtype_of, normal_init
+from lmjax.models.layers import Projection, classifier_head, dtype_of, normal_init
 from lmjax.models.stack import StackNames, TransformerConfig, TransformerStack, empty_cache
 from lmjax.registry import MODELS
 
@@ -161,6 +161,22 @@ class SourceEncoder(nn.Module):
 ENCODER_SUBTREES = ("target_embed", "encoder_norm", "source_relative_bias", "source_positions", "source_embed_norm")
 
 
+class SourceClassifier(nn.Module):
+  """An encoder-decoder's encoder output, mean-pooled over the real tokens -> dropout -> linear (T5's encoder)."""
+  cfg: Any  # an EncoderDecoderConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    del token_types_BL
+    x_BLD = SourceEncoder(self.cfg, name="encoder")(tokens_BL, segment_ids_BL, deterministic)
+    real_BL1 = (segment_ids_BL > 0)[..., None].astype(jnp.float32)
+    pooled_BD = (x_BLD.astype(jnp.float32) * real_BL1).sum(1) / jnp.maximum(real_BL1.sum(1), 1.0)
+    pooled_BD = nn.Dropout(self.cfg.dropout)(pooled_BD, deterministic=deterministic)
+    return classifier_head(self.cfg, self.num_outputs, "classifier")(pooled_BD).astype(jnp.float32)
+
+
 @MODELS.register("encdec")
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderConfig(TransformerConfig):
@@ -182,7 +198,6 @@ class EncoderDecoderConfig(TransformerConfig):
     config_lib.at_least(cfg, "model.num_decoder_layers", 0)
 
   def sequence_classifier(self, num_outputs: int) -> Any:
-    from lmjax.models.finetune_heads import SourceClassifier  # pylint: disable=import-outside-toplevel
     return SourceClassifier(self, num_outputs)
 
   @classmethod

@@ -17,30 +17,17 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lmjax.models.decoder import Decoder
-from lmjax.models.encoder import BertConfig, Encoder, Pooler
-from lmjax.models.encoder_decoder import SourceEncoder
+from lmjax.models.decoder import LastTokenClassifier
+from lmjax.models.encoder import BertConfig, Encoder, SequenceClassifier
+from lmjax.models.encoder_decoder import SourceClassifier
 from lmjax.models.layers import Projection
 
 PRETRAINED_SUBTREES = ("encoder", "pooler", "decoder")
+__all__ = ["LastTokenClassifier", "SequenceClassifier", "SourceClassifier", "SpanExtractor", "TokenClassifier"]
 
 
 def _head(cfg: Any, num_outputs: int, name: str) -> Projection:
   return Projection((num_outputs,), ("embed",), (None,), cfg.init_std, True, cfg.dtype, cfg.param_dtype, name=name)
-
-
-class SequenceClassifier(nn.Module):
-  """[CLS] pooled vector -> dropout -> linear: [B, num_outputs] logits (num_outputs=1: a regression value)."""
-  cfg: BertConfig
-  num_outputs: int
-
-  @nn.compact
-  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
-               deterministic: bool = True) -> jax.Array:
-    x_BLD = Encoder(self.cfg, name="encoder")(tokens_BL, token_types_BL, segment_ids_BL, deterministic=deterministic)
-    pooled_BD = Pooler(self.cfg, name="pooler")(x_BLD)
-    pooled_BD = nn.Dropout(self.cfg.dropout)(pooled_BD, deterministic=deterministic)
-    return _head(self.cfg, self.num_outputs, "classifier")(pooled_BD).astype(jnp.float32)
 
 
 class TokenClassifier(nn.Module):
@@ -72,34 +59,3 @@ class SpanExtractor(nn.Module):
     return logits_BL2[..., 0], logits_BL2[..., 1]
 
 
-class LastTokenClassifier(nn.Module):
-  """A decoder's hidden state at each row's last real token -> dropout -> linear: [B, num_outputs] logits."""
-  cfg: Any  # a GptConfig
-  num_outputs: int
-
-  @nn.compact
-  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
-               deterministic: bool = True) -> jax.Array:
-    del token_types_BL  # a decoder has no token types; the separator tokens mark the segments
-    x_BLD = Decoder(self.cfg, name="decoder").hidden(tokens_BL, segment_ids_BL=segment_ids_BL,
-                                                     deterministic=deterministic)
-    last_B = jnp.maximum(jnp.sum(segment_ids_BL > 0, axis=-1) - 1, 0)
-    x_BD = jnp.take_along_axis(x_BLD, last_B[:, None, None], axis=1)[:, 0]
-    x_BD = nn.Dropout(self.cfg.dropout)(x_BD, deterministic=deterministic)
-    return _head(self.cfg, self.num_outputs, "classifier")(x_BD).astype(jnp.float32)
-
-
-class SourceClassifier(nn.Module):
-  """An encoder-decoder's encoder output, mean-pooled over the real tokens -> dropout -> linear (T5's encoder)."""
-  cfg: Any  # an EncoderDecoderConfig
-  num_outputs: int
-
-  @nn.compact
-  def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array, segment_ids_BL: jax.Array,
-               deterministic: bool = True) -> jax.Array:
-    del token_types_BL
-    x_BLD = SourceEncoder(self.cfg, name="encoder")(tokens_BL, segment_ids_BL, deterministic)
-    real_BL1 = (segment_ids_BL > 0)[..., None].astype(jnp.float32)
-    pooled_BD = (x_BLD.astype(jnp.float32) * real_BL1).sum(1) / jnp.maximum(real_BL1.sum(1), 1.0)
-    pooled_BD = nn.Dropout(self.cfg.dropout)(pooled_BD, deterministic=deterministic)
-    return _head(self.cfg, self.num_outputs, "classifier")(pooled_BD).astype(jnp.float32)

@@ -60,6 +60,10 @@ class Projection(nn.Module):
     return y
 
 
+def classifier_head(cfg: Any, num_outputs: int, name: str) -> Projection:
+  return Projection((num_outputs,), ("embed",), (None,), cfg.init_std, True, cfg.dtype, cfg.param_dtype, name=name)
+
+
 class Norm(nn.Module):
   """LayerNorm or RMSNorm over the last axis, computed in float32 for stability."""
   cfg: Any  # a TransformerConfig (lmjax/models/stack.py), which imports this module
