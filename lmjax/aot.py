@@ -26,16 +26,14 @@ def _force_devices_before_jax_starts() -> None:
 
 _force_devices_before_jax_starts()
 
-import time  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 import jax  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from lmjax import console, programs, sharding  # pylint: disable=wrong-import-position
-from lmjax.config import ConfigError, validate  # pylint: disable=wrong-import-position
+from lmjax import console  # pylint: disable=wrong-import-position
+from lmjax.config import ConfigError  # pylint: disable=wrong-import-position
 from lmjax.cli import describe_command, fail, parse_flags  # pylint: disable=wrong-import-position
-from lmjax.state import count_params  # pylint: disable=wrong-import-position
+from lmjax.memory_check import check  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gpt2_small.py.", lock_config=True)
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 8, "Simulated devices to compile for (the pod's chip count).")
@@ -43,38 +41,6 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 0, "Vocabulary size; 0: tokenizer.vo
 _DEVICE_MEMORY = flags.DEFINE_float("device_memory_gib", 0.0,
                                     "Memory of one accelerator; when set, exit with status 1 if the estimate exceeds it.")
 flags.mark_flags_as_required(["config"])
-
-GIB = 1024**3
-
-
-def _bytes_per_device(tree) -> int:
-  """Bytes of one device's shard of every array in an abstract tree (ShapeDtypeStructs with shardings)."""
-  total = 0
-  for leaf in jax.tree_util.tree_leaves(tree):
-    shard_shape = leaf.sharding.shard_shape(leaf.shape)
-    size = 1
-    for n in shard_shape:
-      size *= n
-    total += size * leaf.dtype.itemsize
-  return total
-
-
-def check(config, vocab_size: int) -> dict[str, float]:
-  validate(config)
-  progs = programs.build_without_data(config, vocab_size)
-  with sharding.activate(progs.mesh, progs.rules):
-    state = progs.abstract_state(config)
-    batches = progs.abstract_train_batches(config)
-    start = time.perf_counter()
-    compiled = progs.train_fn.lower(state, batches, *progs.frozen_args()).compile()
-    compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  # Donated state buffers are reused for the output state (alias), so they count once.
-  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-           + memory.temp_size_in_bytes)
-  return {"devices": progs.mesh.size, "mesh": dict(progs.mesh.shape), "params": count_params(state.params),
-          "state_gib": _bytes_per_device(state) / GIB, "batch_gib": _bytes_per_device(batches) / GIB,
-          "temp_gib": memory.temp_size_in_bytes / GIB, "total_gib": total / GIB, "compile_s": compile_s}
 
 
 def main(argv):

@@ -28,7 +28,7 @@ LAYERS = (
               "lmjax.hf.t5")),
     ("tasks", ("lmjax.tasks", "lmjax.tasks.*", "lmjax.distill", "lmjax.distill.heads", "lmjax.distill.layers",
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
-    ("programs", ("lmjax.step", "lmjax.programs")),
+    ("programs", ("lmjax.step", "lmjax.programs", "lmjax.memory_check")),
     ("trainer", ("lmjax.train",)),
     ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.evaluate",
                   "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config",

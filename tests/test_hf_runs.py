@@ -80,9 +80,9 @@ def test_sharded_checkpoint_goes_straight_to_the_mesh(qwen_dir):
 
 
 def test_aot_compiles_an_imported_run(qwen_run):
-  from lmjax import aot
+  from lmjax.memory_check import check
   config = load_config(qwen_run)
-  result = aot.check(config, config.tokenizer.vocab_size)
+  result = check(config, config.tokenizer.vocab_size)
   assert result["devices"] == 8 and result["params"] == sum(
       int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(open_run(qwen_run).load_params()[0]))
 
