@@ -1,0 +1,243 @@
+"""Scoring text with a causal language model: log-likelihoods of continuations, strided perplexity and batched
+generation, each run in a few padded shapes so that the number of compilations is small and known.
+
+A `Row` is a token sequence and how many of its last tokens are scored: inputs are tokens[:-1], targets
+tokens[1:], and the sum of the last `scored` targets' log-probabilities is the row's log-likelihood. Rows are
+sorted by length and padded up to a bucket length (powers of two from `MIN_BUCKET`, then the context itself);
+each bucket runs in batches of about `batch_tokens` tokens, the last one padded to a power of two of rows. One
+compilation per (rows, length) shape: `Scorer.shapes` lists them.
+
+Perplexity over long text follows the usual strided recipe (`strided_rows`): windows of `window` tokens start
+every `stride` tokens, and each window scores only the tokens no earlier window scored, so every token is
+predicted once, with at least window - stride tokens of context except in the first window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax import decode
+from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+
+MIN_BUCKET = 32
+
+
+class ScoringError(ValueError):
+  """Input the model cannot score or generate as asked; the message is one line naming the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  tokens: tuple[int, ...]  # at least two: the first is only an input, the last only a target
+  scored: int  # the last `scored` targets count (1 <= scored <= len(tokens) - 1)
+
+
+def bucket_lengths(max_length: int, smallest: int = MIN_BUCKET) -> list[int]:
+  """Powers of two from `smallest` below max_length, then max_length itself."""
+  out, n = [], smallest
+  while n < max_length:
+    out.append(n)
+    n *= 2
+  return out + [max_length]
+
+
+def bucket_of(length: int, buckets: Sequence[int]) -> int:
+  return next(b for b in buckets if b >= length)
+
+
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def strided_rows(ids: Sequence[int], window: int, stride: int, prefix: int = BOS_ID) -> list[Row]:
+  """The windows that score every token of `ids` once, each conditioned on `prefix` and what precedes it.
+
+  The sequence is [prefix] + ids; window k covers inputs [k * stride, k * stride + window) and scores the targets
+  after the previous window's last one.
+  """
+  if not 1 <= stride <= window:
+    raise ScoringError(f"--stride={stride} must be between 1 and the window of {window} tokens")
+  seq = [prefix, *ids]
+  n = len(ids)  # targets 1..n of seq
+  rows, done, start = [], 0, 0
+  while done < n:
+    end = min(start + window, n)  # inputs seq[start:end], targets seq[start + 1:end + 1]
+    rows.append(Row(tuple(seq[start:end + 1]), end - done))
+    done, start = end, start + stride
+  return rows
+
+
+class Scorer:
+  """Log-likelihoods and greedy matches of `Row`s, and generation, for one model and its parameters.
+
+  `scored_V` (bool [V]) limits the softmax to some vocabulary rows (the rows of an imported checkpoint's own
+  vocabulary); None scores over all of them. `place` puts a host array where the jitted functions read it and
+  `activate` is entered around every call (the trainer's mesh); by default the default device and nothing.
+  """
+
+  def __init__(self, model: Any, params: Any, *, max_length: int, batch_tokens: int = 8192, max_rows: int = 64,
+               scored_V: np.ndarray | None = None, place: Callable[[np.ndarray], Any] | None = None,
+               activate: Callable[[], contextlib.AbstractContextManager] | None = None):
+    if batch_tokens < 1 or max_rows < 1:
+      raise ScoringError(f"batch_tokens={batch_tokens} and max_rows={max_rows} must be at least 1")
+    self.model, self.params, self.max_length = model, params, max_length
+    self.batch_tokens, self.max_rows = batch_tokens, max_rows
+    self.buckets = bucket_lengths(max_length)
+    self._place = place or jnp.asarray
+    self._activate = activate or contextlib.nullcontext
+    self.shapes: list[tuple[Any, ...]] = []  # every distinct compiled shape, in the order first used
+    self._bias_V = None if scored_V is None else self._place(np.where(scored_V, 0.0, -np.inf).astype(np.float32))
+    self._score = jax.jit(self._score_rows)
+    self._generators: dict[tuple, Any] = {}
+
+  @property
+  def compilations(self) -> int:
+    return len(self.shapes)
+
+  def _note(self, shape: tuple[Any, ...]) -> None:
+    if shape not in self.shapes:
+      self.shapes.append(shape)
+
+  def rows_for(self, length: int) -> int:
+    return max(1, min(self.max_rows, self.batch_tokens // length))
+
+  # --- log-likelihoods --------------------------------------------------------------------------------------
+
+  def _score_rows(self, params, bias_V, inputs_RL, targets_RL, weights_RL):
+    logits_RLV = self.model.apply({"params": params}, inputs_RL, deterministic=True)
+    if bias_V is not None:
+      logits_RLV = logits_RLV + bias_V
+    logp_RLV = jax.nn.log_softmax(logits_RLV.astype(jnp.float32), axis=-1)
+    target_logp_RL = jnp.take_along_axis(logp_RLV, targets_RL[..., None], axis=-1)[..., 0]
+    scored_RL = weights_RL > 0
+    greedy_RL = (logp_RLV.argmax(-1) == targets_RL) | ~scored_RL
+    return jnp.sum(jnp.where(scored_RL, target_logp_RL, 0.0), axis=1), jnp.all(greedy_RL, axis=1)
+
+  def batches(self, lengths: Sequence[int]) -> Iterator[tuple[int, int, list[int]]]:
+    """(rows, bucket length, request indices) per batch: requests sorted by length (longest first), each bucket
+    in full batches and one last batch of a power of two of rows."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    by_bucket: dict[int, list[int]] = {}
+    for i in order:
+      if lengths[i] > self.max_length:
+        raise ScoringError(f"a row of {lengths[i]} tokens exceeds the context of {self.max_length}")
+      by_bucket.setdefault(bucket_of(lengths[i], self.buckets), []).append(i)
+    for length in sorted(by_bucket, reverse=True):
+      members, full = by_bucket[length], self.rows_for(length)
+      for start in range(0, len(members), full):
+        chunk = members[start:start + full]
+        yield min(full, _pow2_at_least(len(chunk))), length, chunk
+
+  def score(self, rows: Sequence[Row]) -> list[tuple[float, bool]]:
+    """(sum of the scored targets' log-probabilities, whether each of them is the argmax) per row, in order."""
+    for r in rows:
+      if len(r.tokens) < 2 or not 1 <= r.scored <= len(r.tokens) - 1:
+        raise ScoringError(f"a row of {len(r.tokens)} tokens cannot score {r.scored} of them")
+    out: list[tuple[float, bool] | None] = [None] * len(rows)
+    pending = []
+    with self._activate():
+      for R, L, chunk in self.batches([len(r.tokens) - 1 for r in rows]):
+        inputs, targets, weights = (np.zeros((R, L), np.int32) for _ in range(3))
+        for j, i in enumerate(chunk):
+          tokens, n = rows[i].tokens, len(rows[i].tokens) - 1
+          inputs[j, :n], targets[j, :n] = tokens[:-1], tokens[1:]
+          weights[j, n - rows[i].scored:n] = 1
+        self._note(("score", R, L))
+        # Dispatched back to back; fetched once at the end.
+        pending.append((chunk, self._score(self.params, self._bias_V, *map(self._place, (inputs, targets, weights)))))
+      for chunk, (logp_R, greedy_R) in pending:
+        logp_R, greedy_R = _fetch(logp_R), _fetch(greedy_R)
+        for j, i in enumerate(chunk):
+          out[i] = (float(logp_R[j]), bool(greedy_R[j]))
+    return out  # type: ignore[return-value]
+
+  # --- generation -------------------------------------------------------------------------------------------
+
+  def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, stop_V: np.ndarray | None = None,
+               seed: int = 0) -> list[list[int]]:
+    """Up to max_new_tokens new tokens per prompt (ending at <eos> or at a token of `stop_V`, kept), greedy at
+    temperature 0. Prompts are bucketed like rows; the model must decode over a cache."""
+    decoder = decode.step_decoder(self.model)
+    if decoder is None:
+      raise ScoringError(f"model.name={self.model.cfg.name!r} cannot decode over a key/value cache, so it cannot "
+                         f"generate; use a task that scores log-likelihoods")
+    room = self.max_length - max_new_tokens
+    if room < 1:
+      raise ScoringError(f"max_gen_toks={max_new_tokens} leaves no room for a prompt in the context of "
+                         f"{self.max_length} tokens; lower max_gen_toks")
+    settings = (max_new_tokens, float(temperature), int(top_k), float(top_p))
+    if settings not in self._generators:
+      self._generators[settings] = jax.jit(functools.partial(
+          decode.generate, decoder, max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
+          top_p=float(top_p), eos_id=EOS_ID))
+    fn = self._generators[settings]
+    stop_V = np.zeros(self.model.cfg.vocab_size, bool) if stop_V is None else stop_V
+    prompts = [list(p)[-room:] for p in prompts]
+    buckets = sorted({min(b, room) for b in self.buckets})
+    out: list[list[int] | None] = [None] * len(prompts)
+    rng = jax.random.PRNGKey(seed)
+    with self._activate():
+      stop = self._place(stop_V)
+      for n, (R, P, chunk) in enumerate(self._generation_batches([len(p) for p in prompts], buckets)):
+        prompt_RP = np.full((R, P), PAD_ID, np.int32)
+        lengths_R = np.ones(R, np.int32)
+        prompt_RP[:, 0] = BOS_ID
+        for j, i in enumerate(chunk):
+          prompt_RP[j, :len(prompts[i])] = prompts[i]
+          lengths_R[j] = len(prompts[i])
+        self._note(("generate", R, P, *settings))
+        tokens_RT = _fetch(fn(self.params, *map(self._place, (prompt_RP, lengths_R)), self._place(
+            np.asarray(jax.random.fold_in(rng, n))), stop_V=stop))
+        for j, i in enumerate(chunk):
+          out[i] = tokens_RT[j, lengths_R[j]:lengths_R[j] + max_new_tokens].tolist()
+    return out  # type: ignore[return-value]
+
+  def _generation_batches(self, lengths: Sequence[int], buckets: Sequence[int]):
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    by_bucket: dict[int, list[int]] = {}
+    for i in order:
+      by_bucket.setdefault(bucket_of(max(lengths[i], 1), buckets), []).append(i)
+    for length in sorted(by_bucket, reverse=True):
+      members, full = by_bucket[length], self.rows_for(length)
+      for start in range(0, len(members), full):
+        chunk = members[start:start + full]
+        yield min(full, _pow2_at_least(len(chunk))), length, chunk
+
+
+def _fetch(x: Any) -> np.ndarray:
+  """A replicated result on the host (the first local shard is the whole array, also on several processes)."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+# --- perplexity of whole texts ------------------------------------------------------------------------------------
+
+def perplexity(scorer: Scorer, texts: Sequence[str], encode: Callable[[str], Sequence[int]], *, window: int,
+               stride: int) -> dict[str, float]:
+  """Token perplexity, bits per byte and bits per character of `texts`, each text scored on its own from <bos>,
+  with strided windows. Bytes and characters are the texts' own (UTF-8), so tokenizers compare."""
+  rows, documents = [], 0
+  for text in texts:
+    ids = list(encode(text))
+    if ids:
+      rows += strided_rows(ids, window, stride)
+      documents += 1
+  nll = -sum(logp for logp, _ in scorer.score(rows)) if rows else 0.0
+  tokens = sum(r.scored for r in rows)
+  num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+  chars = sum(len(t) for t in texts)
+  if not tokens:
+    raise ScoringError("the texts hold no tokens to score")
+  return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens,
+          "bits_per_byte": nll / math.log(2) / max(num_bytes, 1), "bits_per_char": nll / math.log(2) / max(chars, 1),
+          "tokens": float(tokens), "bytes": float(num_bytes), "chars": float(chars), "documents": float(documents),
+          "windows": float(len(rows)), "window": float(window), "stride": float(stride)}
