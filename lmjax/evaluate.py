@@ -106,7 +106,7 @@ def evaluate(workdir: Path, step: int | None) -> tuple[dict[str, Any], Path]:
     check_scores_text(run.config, model)
     tasks = {}
     if _TASKS.value:
-      tasks = load_tasks(task_manager(_INCLUDE_PATH.value), _TASKS.value)
+      tasks = load_tasks(task_manager(_INCLUDE_PATH.value, _TASKS.value), _TASKS.value)
       check_scores_text(run.config, model, generates="generate_until" in output_types(tasks))
     name = _NAME.value or eval_results.default_name(_TASKS.value, _PERPLEXITY.value)
     texts = {eval_results.perplexity_label(s): read_texts(s, run.config) for s in _PERPLEXITY.value}

@@ -230,13 +230,19 @@ OFFLINE_HINT = ("on a machine with network, fill the datasets cache with `python
                 "(docs/evaluation.md)")
 
 
-def task_manager(include_path: str | Sequence[str] = "") -> Any:
+def task_manager(include_path: str | Sequence[str] = "", names: Sequence[str] = ()) -> Any:
+  """The harness's task index: the user's own YAMLs alone when they hold every name asked for (indexing the
+  harness's thousands of task files takes many seconds), else the built-in tasks and the user's."""
   from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
   paths = [include_path] if isinstance(include_path, str) else list(include_path)
   paths = [os.path.abspath(p) for p in paths if p]  # the harness keeps them as given; tasks load from elsewhere
   for p in paths:
     if not Path(p).is_dir():
       raise HarnessError(f"--include_path={p}: no such directory; give the directory holding your task YAMLs")
+  if paths and names:
+    own = TaskManager(include_path=paths, include_defaults=False)
+    if set(names) <= set(own.all_tasks):
+      return own
   return TaskManager(include_path=paths or None)
 
 
@@ -303,7 +309,10 @@ def run_tasks(lm: LmjaxLM, tasks: dict[str, Any], *, num_fewshot: int | None = N
   if num_fewshot is not None:
     for task in tasks.values():
       task.set_config(key="num_fewshot", value=num_fewshot)
+  # An empty task manager: the tasks are loaded already, and the harness would index all of its own again.
+  from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
   results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=limit, bootstrap_iters=0,
+                                    task_manager=TaskManager(include_defaults=False),
                                     log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
                                     torch_random_seed=seed, fewshot_random_seed=seed)
   if results is None:
@@ -344,7 +353,7 @@ class TrainingTasks:
     self.every = t.eval_tasks_every or t.eval_every
     self.limit = t.eval_tasks_limit or None
     self.names = [n.strip() for n in t.eval_tasks.split(",") if n.strip()]
-    self.tasks = load_tasks(task_manager(t.eval_tasks_include_path), self.names)
+    self.tasks = load_tasks(task_manager(t.eval_tasks_include_path, self.names), self.names)
     if "generate_until" in output_types(self.tasks):
       check_scores_text(config, model, generates=True)
     # As the trainer's sampler: replicated inputs, parameters as the mesh holds them.
