@@ -4,6 +4,7 @@ No network: the tasks are YAMLs with local JSONL data (tests/fixtures/harness_ta
 harness's own transformers backend on a tiny GPT-2 that transformers builds here, and the hub is switched off.
 """
 
+import functools
 import json
 import math
 import os
@@ -73,15 +74,22 @@ def gpt2(tmp_path_factory):
   return d, workdir
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, inputs_1L, bias_V):
+  return jax.nn.log_softmax(model.apply({"params": params}, inputs_1L)[0] + bias_V, axis=-1)
+
+
 def _direct_logp(model, params, tokens, scored, bias_V=None):
-  """Sum of the last `scored` targets' log-probabilities, and whether each was the argmax: one unpadded row."""
-  logits = model.apply({"params": params}, jnp.asarray([tokens[:-1]], jnp.int32))[0]
-  if bias_V is not None:
-    logits = logits + bias_V
-  logp = jax.nn.log_softmax(logits, axis=-1)
+  """Sum of the last `scored` targets' log-probabilities, and whether each was the argmax: one row, alone (padded
+  on the right to the model's 64 positions, which a causal model's earlier positions never see)."""
+  n = len(tokens) - 1
+  inputs = np.zeros((1, 64), np.int32)
+  inputs[0, :n] = tokens[:-1]
+  bias_V = jnp.zeros(model.cfg.vocab_size) if bias_V is None else bias_V
+  logp = np.asarray(_forward(model, params, jnp.asarray(inputs), bias_V))[:n]
   targets = np.asarray(tokens[1:])
-  picked = np.asarray(logp)[np.arange(len(targets)), targets][-scored:]
-  greedy = (np.asarray(logits).argmax(-1) == targets)[-scored:]
+  picked = logp[np.arange(n), targets][-scored:]
+  greedy = (logp.argmax(-1) == targets)[-scored:]
   return float(picked.sum()), bool(greedy.all())
 
 
