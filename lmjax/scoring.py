@@ -4,8 +4,9 @@ generation, each run in a few padded shapes so that the number of compilations i
 A `Row` is a token sequence and how many of its last tokens are scored: inputs are tokens[:-1], targets
 tokens[1:], and the sum of the last `scored` targets' log-probabilities is the row's log-likelihood. Rows are
 sorted by length and padded up to a bucket length (powers of two from `MIN_BUCKET`, then the context itself);
-each bucket runs in batches of about `batch_tokens` tokens, the last one padded to a power of two of rows. One
-compilation per (rows, length) shape: `Scorer.shapes` lists them.
+each bucket runs in batches of about `batch_tokens` tokens, the last one padded to a power of two of rows, and the
+scored positions of a batch are padded to a bucket length too. One compilation per (rows, length, scored) shape:
+`Scorer.shapes` lists them.
 
 Perplexity over long text follows the usual strided recipe (`strided_rows`): windows of `window` tokens start
 every `stride` tokens, and each window scores only the tokens no earlier window scored, so every token is
@@ -97,6 +98,7 @@ class Scorer:
     self.shapes: list[tuple[Any, ...]] = []  # every distinct compiled shape, in the order first used
     self._bias_V = None if scored_V is None else self._place(np.where(scored_V, 0.0, -np.inf).astype(np.float32))
     self._score = jax.jit(self._score_rows)
+    self._keeps_positions = model.cfg.decodes  # its forward pass takes logits_index_B, as decoding does
     self._generators: dict[tuple, Any] = {}
 
   @property
@@ -112,15 +114,23 @@ class Scorer:
 
   # --- log-likelihoods --------------------------------------------------------------------------------------
 
-  def _score_rows(self, params, bias_V, inputs_RL, targets_RL, weights_RL):
-    logits_RLV = self.model.apply({"params": params}, inputs_RL, deterministic=True)
+  def _score_rows(self, params, bias_V, inputs_RL, targets_RK, index_RK, weights_RK):
+    """Only the K scored positions of each row go through the vocabulary projection where the model can keep
+    them (a GPT's logits_index_B): continuations are short next to their contexts, and the projection is the
+    largest matmul. The log-softmax is one logsumexp per position, never a [R, K, V] array of its own."""
+    if self._keeps_positions:
+      logits_RKV = self.model.apply({"params": params}, inputs_RL, deterministic=True, logits_index_B=index_RK)
+    else:
+      logits_RLV = self.model.apply({"params": params}, inputs_RL, deterministic=True)
+      logits_RKV = jnp.take_along_axis(logits_RLV, index_RK[:, :, None], axis=1)
+    logits_RKV = logits_RKV.astype(jnp.float32)
     if bias_V is not None:
-      logits_RLV = logits_RLV + bias_V
-    logp_RLV = jax.nn.log_softmax(logits_RLV.astype(jnp.float32), axis=-1)
-    target_logp_RL = jnp.take_along_axis(logp_RLV, targets_RL[..., None], axis=-1)[..., 0]
-    scored_RL = weights_RL > 0
-    greedy_RL = (logp_RLV.argmax(-1) == targets_RL) | ~scored_RL
-    return jnp.sum(jnp.where(scored_RL, target_logp_RL, 0.0), axis=1), jnp.all(greedy_RL, axis=1)
+      logits_RKV = logits_RKV + bias_V
+    target_RK = jnp.take_along_axis(logits_RKV, targets_RK[..., None], axis=-1)[..., 0]
+    logp_RK = target_RK - jax.nn.logsumexp(logits_RKV, axis=-1)
+    scored_RK = weights_RK > 0
+    greedy_RK = (target_RK >= jnp.max(logits_RKV, axis=-1)) | ~scored_RK
+    return jnp.sum(jnp.where(scored_RK, logp_RK, 0.0), axis=1), jnp.all(greedy_RK, axis=1)
 
   def batches(self, lengths: Sequence[int]) -> Iterator[tuple[int, int, list[int]]]:
     """(rows, bucket length, request indices) per batch: requests sorted by length (longest first), each bucket
@@ -146,14 +156,17 @@ class Scorer:
     pending = []
     with self._activate():
       for R, L, chunk in self.batches([len(r.tokens) - 1 for r in rows]):
-        inputs, targets, weights = (np.zeros((R, L), np.int32) for _ in range(3))
+        K = min(L, bucket_of(max(rows[i].scored for i in chunk), self.buckets))
+        inputs = np.zeros((R, L), np.int32)
+        targets, index, weights = (np.zeros((R, K), np.int32) for _ in range(3))
         for j, i in enumerate(chunk):
-          tokens, n = rows[i].tokens, len(rows[i].tokens) - 1
-          inputs[j, :n], targets[j, :n] = tokens[:-1], tokens[1:]
-          weights[j, n - rows[i].scored:n] = 1
-        self._note(("score", R, L))
+          tokens, n, s = rows[i].tokens, len(rows[i].tokens) - 1, rows[i].scored
+          inputs[j, :n] = tokens[:-1]
+          targets[j, :s], index[j, :s], weights[j, :s] = tokens[n - s + 1:], np.arange(n - s, n), 1
+        self._note(("score", R, L, K))
         # Dispatched back to back; fetched once at the end.
-        pending.append((chunk, self._score(self.params, self._bias_V, *map(self._place, (inputs, targets, weights)))))
+        pending.append((chunk, self._score(self.params, self._bias_V, *map(self._place, (inputs, targets, index,
+                                                                                          weights)))))
       for chunk, (logp_R, greedy_R) in pending:
         logp_R, greedy_R = _fetch(logp_R), _fetch(greedy_R)
         for j, i in enumerate(chunk):
