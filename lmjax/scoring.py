@@ -30,6 +30,7 @@ from lmjax import decode
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
 MIN_BUCKET = 32
+SCORED_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
 class ScoringError(ValueError):
@@ -99,6 +100,9 @@ class Scorer:
     self._bias_V = None if scored_V is None else self._place(np.where(scored_V, 0.0, -np.inf).astype(np.float32))
     self._score = jax.jit(self._score_rows)
     self._keeps_positions = model.cfg.decodes  # its forward pass takes logits_index_B, as decoding does
+    self.share_prefixes = model.cfg.decodes
+    self._prefill = jax.jit(self._prefill_prefixes, static_argnums=3)
+    self._continue = jax.jit(self._score_continuations)
     self._generators: dict[tuple, Any] = {}
 
   @property
@@ -148,30 +152,127 @@ class Scorer:
         yield min(full, _pow2_at_least(len(chunk))), length, chunk
 
   def score(self, rows: Sequence[Row]) -> list[tuple[float, bool]]:
-    """(sum of the scored targets' log-probabilities, whether each of them is the argmax) per row, in order."""
+    """(sum of the scored targets' log-probabilities, whether each of them is the argmax) per row, in order.
+
+    Rows that share everything before their scored tokens (a multiple-choice question's context, with one row per
+    choice) run that prefix once, for a model that decodes over a cache: the prefix fills a key/value cache, and
+    each row's continuation extends its own copy of it."""
     for r in rows:
       if len(r.tokens) < 2 or not 1 <= r.scored <= len(r.tokens) - 1:
         raise ScoringError(f"a row of {len(r.tokens)} tokens cannot score {r.scored} of them")
     out: list[tuple[float, bool] | None] = [None] * len(rows)
-    pending = []
+    shared, alone = self._shared_plan(rows)
     with self._activate():
-      for R, L, chunk in self.batches([len(r.tokens) - 1 for r in rows]):
-        K = min(L, bucket_of(max(rows[i].scored for i in chunk), self.buckets))
-        inputs = np.zeros((R, L), np.int32)
-        targets, index, weights = (np.zeros((R, K), np.int32) for _ in range(3))
-        for j, i in enumerate(chunk):
-          tokens, n, s = rows[i].tokens, len(rows[i].tokens) - 1, rows[i].scored
-          inputs[j, :n] = tokens[:-1]
-          targets[j, :s], index[j, :s], weights[j, :s] = tokens[n - s + 1:], np.arange(n - s, n), 1
-        self._note(("score", R, L, K))
-        # Dispatched back to back; fetched once at the end.
-        pending.append((chunk, self._score(self.params, self._bias_V, *map(self._place, (inputs, targets, index,
-                                                                                          weights)))))
+      pending = self._dispatch_alone(rows, alone) + self._dispatch_shared(rows, shared)
       for chunk, (logp_R, greedy_R) in pending:
         logp_R, greedy_R = _fetch(logp_R), _fetch(greedy_R)
         for j, i in enumerate(chunk):
           out[i] = (float(logp_R[j]), bool(greedy_R[j]))
     return out  # type: ignore[return-value]
+
+  def _dispatch_alone(self, rows: Sequence[Row], indices: Sequence[int]) -> list:
+    pending = []
+    for R, L, part in self.batches([len(rows[i].tokens) - 1 for i in indices]):
+      chunk = [indices[j] for j in part]
+      K = min(L, bucket_of(max(rows[i].scored for i in chunk), SCORED_BUCKETS))
+      inputs = np.zeros((R, L), np.int32)
+      targets, index, weights = (np.zeros((R, K), np.int32) for _ in range(3))
+      for j, i in enumerate(chunk):
+        tokens, n, s = rows[i].tokens, len(rows[i].tokens) - 1, rows[i].scored
+        inputs[j, :n] = tokens[:-1]
+        targets[j, :s], index[j, :s], weights[j, :s] = tokens[n - s + 1:], np.arange(n - s, n), 1
+      self._note(("score", R, L, K))
+      # Dispatched back to back; fetched once at the end.
+      pending.append((chunk, self._score(self.params, self._bias_V,
+                                         *map(self._place, (inputs, targets, index, weights)))))
+    return pending
+
+  # --- rows sharing a prefix ------------------------------------------------------------------------------------
+
+  def _shared_plan(self, rows: Sequence[Row]) -> tuple[list[tuple[list[int], list[list[int]], int, int, int]],
+                                                       list[int]]:
+    """Batches of prefixes, each with the rows continuing them, and the rows scored alone. A batch is (prefix
+    rows, rows per prefix, rows, prefix length, continuation length); a row whose continuation would reach past
+    the context in its batch's padded shape is scored alone."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+      groups.setdefault(r.tokens[:len(r.tokens) - r.scored], []).append(i)
+    if not self.share_prefixes or len(groups) == len(rows):
+      return [], list(range(len(rows)))
+    alone = [i for members in groups.values() if len(members) == 1 for i in members]
+    prefixes = [p for p, members in groups.items() if len(members) > 1]
+    plan = []
+    for R, L, part in self.batches([len(p) for p in prefixes]):
+      batch = [prefixes[j] for j in part]
+      C = bucket_of(max(max(rows[i].scored - 1 for i in groups[p]) for p in batch) or 1, SCORED_BUCKETS)
+      owned = []
+      for p in batch:
+        fits = [i for i in groups[p] if len(p) + C <= self.max_length]  # padding stays inside the positions
+        alone += [i for i in groups[p] if len(p) + C > self.max_length]
+        owned.append(fits)
+      plan.append((batch, owned, R, L, C))
+    return plan, alone
+
+  def _prefill_prefixes(self, params, prefix_RP, lengths_R, length: int):
+    """A cache of `length` slots per prefix row, filled with the prefix, and the logits after its last token."""
+    R, P = prefix_RP.shape
+    cache = self.model.apply({"params": params}, R, length, None, method="start_cache")
+    positions_RP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (R, P))
+    logits_R1V, cache = self.model.apply({"params": params}, prefix_RP, positions_RP, cache, lengths_R - 1,
+                                         method="extend")
+    return logits_R1V[:, 0].astype(jnp.float32), cache
+
+  def _score_continuations(self, params, bias_V, logits_PV, cache, lengths_P, owner_R, first_R, inputs_RC,
+                           targets_RC, weights_RC):
+    """Each row's log-likelihood: its first target from its prefix's last logits, the rest from its continuation
+    fed through a copy of the prefix's cache at the positions after the prefix."""
+    if bias_V is not None:
+      logits_PV = logits_PV + bias_V
+    first_RV = logits_PV[owner_R]
+    first_target_R = jnp.take_along_axis(first_RV, first_R[:, None], axis=-1)[:, 0]
+    first_logp_R = first_target_R - jax.nn.logsumexp(first_RV, axis=-1)
+    first_greedy_R = first_target_R >= jnp.max(first_RV, axis=-1)
+    cache_R = jax.tree_util.tree_map(lambda x: jnp.take(x, owner_R, axis=0), cache)
+    C = inputs_RC.shape[1]
+    positions_RC = lengths_P[owner_R][:, None] + jnp.arange(C, dtype=jnp.int32)
+    logits_RCV, _ = self.model.apply({"params": params}, inputs_RC, positions_RC, cache_R, method="extend")
+    logits_RCV = logits_RCV.astype(jnp.float32)
+    if bias_V is not None:
+      logits_RCV = logits_RCV + bias_V
+    target_RC = jnp.take_along_axis(logits_RCV, targets_RC[..., None], axis=-1)[..., 0]
+    logp_RC = target_RC - jax.nn.logsumexp(logits_RCV, axis=-1)
+    scored_RC = weights_RC > 0
+    greedy_RC = (target_RC >= jnp.max(logits_RCV, axis=-1)) | ~scored_RC
+    return (first_logp_R + jnp.sum(jnp.where(scored_RC, logp_RC, 0.0), axis=1),
+            first_greedy_R & jnp.all(greedy_RC, axis=1))
+
+  def _dispatch_shared(self, rows: Sequence[Row], plan) -> list:
+    pending = []
+    for batch, owned, Rp, P, C in plan:
+      prefix_RP = np.zeros((Rp, P), np.int32)
+      lengths_R = np.ones(Rp, np.int32)
+      for j, p in enumerate(batch):
+        prefix_RP[j, :len(p)], lengths_R[j] = p, len(p)
+      self._note(("prefix", Rp, P, P + C))
+      logits_PV, cache = self._prefill(self.params, self._place(prefix_RP), self._place(lengths_R), P + C)
+      members = [(j, i) for j, fits in enumerate(owned) for i in fits]
+      # Each row holds a copy of its prefix's cache: about batch_tokens cache slots per call.
+      full = max(1, min(self.rows_for(C), self.batch_tokens // (P + C)))
+      for start in range(0, len(members), full):
+        part = members[start:start + full]
+        R = min(full, _pow2_at_least(len(part)))
+        owner, first = np.zeros(R, np.int32), np.zeros(R, np.int32)
+        inputs, targets, weights = (np.zeros((R, C), np.int32) for _ in range(3))
+        for k, (j, i) in enumerate(part):
+          tokens, s = rows[i].tokens, rows[i].scored
+          owner[k], first[k] = j, tokens[len(tokens) - s]
+          rest = tokens[len(tokens) - s:]  # the continuation: inputs all but its last token, targets all but its first
+          inputs[k, :s - 1], targets[k, :s - 1], weights[k, :s - 1] = rest[:-1], rest[1:], 1
+        self._note(("continue", R, C, Rp, P + C))
+        pending.append(([i for _, i in part], self._continue(
+            self.params, self._bias_V, logits_PV, cache, self._place(lengths_R),
+            *map(self._place, (owner, first, inputs, targets, weights)))))
+    return pending
 
   # --- generation -------------------------------------------------------------------------------------------
 

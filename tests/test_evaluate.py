@@ -97,7 +97,8 @@ def test_loglikelihoods_equal_a_direct_computation(native):
   config, model, params, tokenizer = native
   lm = harness.LmjaxLM(model, params, tokenizer, config, batch_tokens=256)
   rng = np.random.default_rng(0)
-  pairs = [("", "the fox"), ("Question: what?", " Answer"), ("a" * 70, " b c"), ("x", "y")]
+  pairs = [("", "the fox"), ("Question: what?", " Answer"), ("a" * 70, " b c"), ("x", "y"), ("a" * 60, " b c d")]
+  pairs += [("Question: which?", choice) for choice in (" yes", " no", " maybe so", "!")]  # one shared context
   pairs += [(" ".join(rng.choice(WORDS.split(), rng.integers(1, 12))), " " + str(rng.choice(WORDS.split())))
             for _ in range(20)]
   requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
@@ -107,7 +108,9 @@ def test_loglikelihoods_equal_a_direct_computation(native):
     tokens = [BOS_ID, *tokenizer.encode(context + continuation).tolist()][-65:]
     want, want_greedy = _direct_logp(model, params, tokens, len(tokenizer.encode(continuation)))
     assert logp == pytest.approx(want, abs=1e-4) and greedy == want_greedy
-  assert lm.compilations <= 3  # the 32- and 64-token buckets, and a last partial batch
+  kinds = [shape[0] for shape in lm.scorer.shapes]
+  assert "continue" in kinds and "score" in kinds  # shared contexts ran once; the others alone
+  assert lm.compilations <= 8
 
   text = " ".join(WORDS.split() * 3)  # longer than the context: several rolling windows
   (rolling,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
