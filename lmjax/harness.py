@@ -72,11 +72,13 @@ def check_scores_text(config: Any, model: Any, *, generates: bool = False) -> No
   """One line for a model that cannot score next tokens (an encoder such as BERT), or cannot generate when a task
   needs generation."""
   name, interface = config.model.name, model.cfg.interface
+  what = "generate text" if generates else "score continuations or perplexity"
+  if interface == "encoder":
+    raise HarnessError(f"model.name={name!r} is an encoder-only model: it predicts no next token, so it cannot "
+                       f"{what}; evaluate a decoder run (task='causal_lm')")
   if interface != "next_token":
-    what = "generate text" if generates else "score continuations or perplexity"
-    raise HarnessError(f"model.name={name!r} is {'an encoder-only' if interface == 'encoder' else 'a ' + interface} "
-                       f"model: it predicts no next token, so it cannot {what}; evaluate a decoder run "
-                       f"(task='causal_lm')")
+    raise HarnessError(f"model.name={name!r} is an encoder-decoder model; lmjax.evaluate scores and generates with "
+                       f"decoder-only runs (task='causal_lm'), so it cannot {what} here")
   if config.model.name == "ngram":
     raise HarnessError("model.name='ngram' is fitted in one pass and keeps no parameters to evaluate; its "
                        "metrics are in its metrics.jsonl")
@@ -184,8 +186,8 @@ class LmjaxLM(TemplateLM):
     out: list[str] = [""] * len(requests)
     for indices in groups.values():
       kwargs = normalize_gen_kwargs(dict(requests[indices[0]].args[1]), DEFAULT_MAX_GEN_TOKS)
-      until = [s for s in kwargs.pop("until", []) or [] if s]
-      until = [until] if isinstance(until, str) else list(until)
+      until = kwargs.pop("until", None)
+      until = [s for s in ([until] if isinstance(until, str) else list(until or [])) if s]
       sampled = bool(kwargs.get("do_sample", False)) and float(kwargs.get("temperature", 1.0) or 0.0) > 0
       prompts = [self.tok_encode(requests[n].args[0]) for n in indices]
       try:
@@ -360,12 +362,16 @@ class TrainingTasks:
     self._place = lambda x: sharding.replicated(x, mesh)
     self._activate = lambda: sharding.activate(mesh, sharding.without_batch_sharding(rules))
 
+    self.lm: LmjaxLM | None = None
+
   def due(self, step: int) -> bool:
     return step % self.every == 0 or step == self.config.train.num_steps
 
   def __call__(self, params: Any, step: int) -> dict[str, dict[str, float]]:
     """{split name 'harness/<task>': metrics} at this step."""
-    lm = LmjaxLM(self.model, params, self.tokenizer, self.config, step=step, seed=self.config.seed,
-                 place=self._place, activate=self._activate)
-    results = run_tasks(lm, self.tasks, limit=self.limit, seed=self.config.seed)
+    if self.lm is None:
+      self.lm = LmjaxLM(self.model, params, self.tokenizer, self.config, step=step, seed=self.config.seed,
+                        place=self._place, activate=self._activate)
+    self.lm.scorer.params, self.lm.step = params, step  # one model class for the run: compiled once
+    results = run_tasks(self.lm, self.tasks, limit=self.limit, seed=self.config.seed)
     return {f"harness/{task}": metrics for task, metrics in headline_metrics(results).items()}
