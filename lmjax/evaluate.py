@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
   check_flags()
   record, path = evaluate(Path(_WORKDIR.value), _STEP.value)
   print("\n".join(summary_lines(record)))
-  shapes = ", ".join("x".join(map(str, s[1:3])) for s in record["lmjax"]["shapes"])
+  shapes = ", ".join(f"{s[0]} {s[1]}x{s[2]}" for s in record["lmjax"]["shapes"])
   print(f"checkpoint step {record['step']}: {record['lmjax']['compilations']} programs compiled (rows x length: "
         f"{shapes}) in {record['lmjax']['seconds']:.1f} s, compilation included; wrote {path}", file=sys.stderr)
 

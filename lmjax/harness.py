@@ -1,8 +1,8 @@
 """lm-evaluation-harness tasks on lmjax models: the harness's `LM` interface implemented over lmjax.scoring.
 
-`LmjaxLM` is registered with the harness as model "lmjax", so the harness's own command line works too
-(`lm_eval --model lmjax --model_args workdir=runs/x,step=1000 --tasks ...`); lmjax.evaluate and the trainer
-(train.eval_tasks) build it from a run. It implements
+`LmjaxLM` is registered with the harness as model "lmjax" once this module is imported, so the harness's Python
+API takes a run by name (`lm_eval.simple_evaluate(model="lmjax", model_args="workdir=runs/x,step=1000", ...)`);
+lmjax.evaluate and the trainer (train.eval_tasks) build it from a run. It implements
 
   * `loglikelihood` (through the harness's TemplateLM, which splits each request into context and continuation
     tokens as its transformers backend does) and `loglikelihood_rolling` (the harness's rolling windows): the
