@@ -213,6 +213,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True
   c.train.max_nonfinite_steps = 10  # stop after this many consecutive steps with non-finite loss or gradients
   c.train.allow_config_change = False  # resume a workdir whose saved model/tokenizer/seq_len config differs
+  # lm-evaluation-harness tasks run during training (lmjax[eval]), logged as eval splits 'harness/<task>'.
+  c.train.eval_tasks = ""  # e.g. "lambada_openai,hellaswag"; "" runs none
+  c.train.eval_tasks_every = 0  # steps between them, a multiple of train.eval_every; 0: at every evaluation
+  c.train.eval_tasks_limit = 0  # examples per task; 0: all
+  c.train.eval_tasks_include_path = ""  # a directory of your own task YAMLs (the harness's --include_path)
   return c
 
 
@@ -348,11 +353,32 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
     fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"evaluating at other lengths is for tasks that read "
          f"token windows ({', '.join(n for n, c in registry.TASKS.items() if c.evaluates_other_lengths)}), not "
          f"task={cfg.task!r}; set it to ''")
+  _validate_eval_tasks(cfg)
   context = registry.MODELS.get(cfg.model.name).max_context(cfg.model)
   for n in extra_lens:
     if context is not None and n > context:
       fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"{n} exceeds model.max_len={context}, the longest "
            f"input model.position={cfg.model.position!r} allows; raise model.max_len")
+
+
+def _validate_eval_tasks(cfg: ml_collections.ConfigDict) -> None:
+  """The harness tasks' names and data are checked when training starts (that needs lm_eval); here, the rest."""
+  t = cfg.train
+  at_least(cfg, "train.eval_tasks_every", 0)
+  at_least(cfg, "train.eval_tasks_limit", 0)
+  if not t.eval_tasks.strip():
+    for field, empty in (("eval_tasks_every", 0), ("eval_tasks_limit", 0), ("eval_tasks_include_path", "")):
+      unused_with(cfg, f"train.{field}", empty, "train.eval_tasks is empty, so no harness task runs")
+    return
+  if t.eval_tasks_every % t.eval_every:
+    fail("train.eval_tasks_every", t.eval_tasks_every, f"must be a multiple of train.eval_every={t.eval_every}")
+  task = registry.TASKS.get(cfg.task)
+  if not task.generates_text:
+    fail("train.eval_tasks", t.eval_tasks, f"harness tasks score a language model's next tokens, not task="
+         f"{cfg.task!r}; set it to ''")
+  if registry.MODELS.get(cfg.model.name).fit_only:
+    fail("train.eval_tasks", t.eval_tasks, f"model.name={cfg.model.name!r} is fitted in one pass, without the "
+         f"evaluations these run at; set it to ''")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:

@@ -181,9 +181,10 @@ def _start(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B: j
 
 def generate(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B: jax.Array, rng: jax.Array, *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_id: int | None = EOS_ID, encoder_inputs: Any = None) -> jax.Array:
+             eos_id: int | None = EOS_ID, encoder_inputs: Any = None, stop_V: jax.Array | None = None) -> jax.Array:
   """[B, P + N] tokens: row b is its prompt (lengths_B[b] tokens of the right-padded prompt_BP), then up to N new
-  tokens, ending with EOS when one was sampled, then PAD. Temperature 0 is greedy decoding.
+  tokens, ending with EOS when one was sampled, then PAD. Temperature 0 is greedy decoding. `stop_V` (bool [V])
+  marks more tokens that end a row as EOS does, kept like it (the tokens holding a stop sequence).
 
   Randomness: the i-th new token uses the i-th key of the chain `rng, key = split(rng)`, as generate_without_cache
   does, so both give the same samples where their logits agree.
@@ -200,7 +201,10 @@ def generate(decoder: StepDecoder, params: Any, prompt_BP: jax.Array, lengths_B:
     rng, key = jax.random.split(rng)
     next_B = jnp.where(done_B, PAD_ID, sample_logits(never_generated(logits_BV), key, temperature, top_k, top_p))
     tokens_BT = tokens_BT.at[rows_B, lengths_B + i].set(next_B, unique_indices=True)
-    return next_B, rng, tokens_BT, done_B | (next_B == stop)
+    ends_B = next_B == stop
+    if stop_V is not None:
+      ends_B |= stop_V[next_B] & ~done_B
+    return next_B, rng, tokens_BT, done_B | ends_B
 
   def body(carry):
     i, prev_B, cache, rng, tokens_BT, done_B = carry

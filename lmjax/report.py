@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from lmjax import console
+from lmjax import console, eval_results
 from lmjax.cli import describe_command
 from lmjax.config import base_config, flatten
 from lmjax.writers import read_metrics
@@ -196,7 +196,10 @@ def table(runs: Sequence[Run], fields: Sequence[str], metric: str, *, full: bool
     names = _metrics_of(runs, split)
     metric_columns.update({f"{split}/{m}": (split, m, "final") for m in names})
     metric_columns.update({f"{split}/best_{m}": (split, m, "best") for m in names if full or m == metric})
-  columns += [*metric_columns, "tokens_per_s"]
+  # Downstream scores from each run's evals/*.json (lmjax.evaluate): '<task>/<metric>', 'ppl-<source>/<metric>'.
+  evals = {r.name: eval_results.columns(r.path) for r in runs}
+  eval_columns = sorted({c for values in evals.values() for c in values})
+  columns += [*metric_columns, *eval_columns, "tokens_per_s"]
   rows = []
   for r in runs:
     row: dict[str, Any] = {"run": r.name, **{f: r.config.get(f) for f in fields}, "params": r.params,
@@ -204,6 +207,7 @@ def table(runs: Sequence[Run], fields: Sequence[str], metric: str, *, full: bool
                            "tokens_per_s": r.final("train", "tokens_per_s")}
     for column, (split, m, kind) in metric_columns.items():
       row[column] = r.final(split, m) if kind == "final" else r.best(split, m)
+    row.update({c: evals[r.name].get(c) for c in eval_columns})
     rows.append(row)
   return columns, rows
 

@@ -49,6 +49,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per point, and sweep.json.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Points to run at once.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one shell command per point and run nothing.")
+_EVALUATE = flags.DEFINE_string("evaluate", "", "lmjax.evaluate's flags, run on every finished point, e.g. "
+                                "'--tasks=lambada_openai --limit=500'; its scores join the report's columns.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 PREEMPTED_EXIT_CODE = 75  # as lmjax.preemption: stopped by a signal; rerun to resume
@@ -368,6 +370,32 @@ def outcomes(points: list[SweepPoint], statuses: dict[str, int | None]) -> dict[
   return out
 
 
+def evaluation_command(point: SweepPoint, evaluate_args: str, python: str = sys.executable) -> list[str]:
+  """lmjax.evaluate on a point's workdir; --skip_existing leaves a point alone that already holds its scores."""
+  return [python, "-m", "lmjax.evaluate", f"--workdir={point.workdir}", *shlex.split(evaluate_args),
+          "--skip_existing"]
+
+
+def evaluate_points(points: list[SweepPoint], evaluate_args: str, run_command: Callable[[list[str], Path], int],
+                    log: Callable[[str], None] = print) -> dict[str, int]:
+  """Runs lmjax.evaluate on every finished point, one after another; returns each one's exit status."""
+  statuses = {}
+  for point in points:
+    if is_finished(point.workdir, point.num_steps):
+      statuses[point.name] = run_command(evaluation_command(point, evaluate_args), point.workdir)
+      log(f"{point.name}: evaluation {'done' if statuses[point.name] == 0 else describe(statuses[point.name])}; "
+          f"output in {point.workdir / 'sweep.log'}")
+  return statuses
+
+
+def run_logged(command: list[str], workdir: Path) -> int:
+  with (workdir / "sweep.log").open("a") as log:
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
+    log.flush()
+    return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          check=False).returncode
+
+
 def exit_code(statuses: dict[str, int | None]) -> int:
   """1 if any point failed, 75 (rerun to resume) if the sweep was stopped early, else 0."""
   codes = set(statuses.values()) - {0}
@@ -391,6 +419,8 @@ def main(argv: list[str]) -> None:
   if _DRY_RUN.value:
     for p in points:
       print(shlex.join(p.command()))
+      if _EVALUATE.value:
+        print(shlex.join(evaluation_command(p, _EVALUATE.value, "python")))
     return
 
   write_manifest(config_arg, base_overrides, points, workdir)
@@ -408,12 +438,16 @@ def main(argv: list[str]) -> None:
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, stop)
   statuses = run_points(points, runner, _PARALLEL.value, log=lambda line: print(line, flush=True), stop=stopping)
+  evaluated = {}
+  if _EVALUATE.value and not stopping.is_set():
+    evaluated = evaluate_points(points, _EVALUATE.value, run_logged, log=lambda line: print(line, flush=True))
   described = outcomes(points, statuses)
   write_manifest(config_arg, base_overrides, points, workdir, described)
   width = max(len(name) for name in described)
   print(f"\nsweep {workdir}: {len(points)} points")
   print("\n".join(f"{name:<{width}}  {text}" for name, text in described.items()), flush=True)
-  sys.exit(exit_code(statuses))
+  failed_evaluations = any(status != 0 for status in evaluated.values())
+  sys.exit(exit_code(statuses) or (1 if failed_evaluations else 0))
 
 
 def run() -> None:

@@ -241,6 +241,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
                f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind, data.summary)
 
   sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules) if task.generates_text else None
+  harness_tasks = None
+  if t.eval_tasks:  # lm-evaluation-harness tasks (lmjax[eval]); names and data are checked before the first step
+    from lmjax.harness import TrainingTasks  # pylint: disable=import-outside-toplevel
+    harness_tasks = TrainingTasks(config, model, tokenizer, mesh, progs.rules)
   writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
 
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
@@ -254,6 +258,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
         writer.write(step, split, split_metrics)
       if split == "eval":
         metrics = split_metrics
+    if write and harness_tasks is not None and harness_tasks.due(step):
+      for split, split_metrics in harness_tasks(state.params, step).items():
+        logging.info("%s", writers.eval_line(split, step, split_metrics))
+        writer.write(step, split, split_metrics)
     if write and sampler is not None:
       samples = sampler(state.params, step)
       if samples:

@@ -19,13 +19,14 @@ PACKAGE = Path(lmjax.__file__).resolve().parent
 # itself (lmjax/__init__.py) is the facade that imports the registries' built-in entries, and stands above all.
 LAYERS = (
     ("base", ("lmjax.registry", "lmjax.config", "lmjax.metrics", "lmjax.text_metrics", "lmjax.finetune_metrics",
-              "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli")),
+              "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli",
+              "lmjax.eval_results")),
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),
     ("models", ("lmjax.models", "lmjax.models.*")),
     ("runs", ("lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
               "lmjax.optim", "lmjax.prepare", "lmjax.workdir", "lmjax.init_from", "lmjax.hf", "lmjax.hf.gpt2",
               "lmjax.hf.bert", "lmjax.hf.architectures", "lmjax.hf.adapter", "lmjax.hf.llama", "lmjax.hf.gemma",
-              "lmjax.hf.t5")),
+              "lmjax.hf.t5", "lmjax.scoring", "lmjax.harness")),
     ("tasks", ("lmjax.tasks", "lmjax.tasks.*", "lmjax.distill", "lmjax.distill.heads", "lmjax.distill.layers",
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
     ("programs", ("lmjax.step", "lmjax.programs", "lmjax.memory_check")),

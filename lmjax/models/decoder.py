@@ -48,12 +48,14 @@ class Decoder(nn.Module):
                cache: tuple[KVCache, ...] | None = None,
                logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
     """`logits_index_B` keeps one index of each row before the vocabulary projection (logits [B, 1, V]): a prefill
-    needs only its last prompt token's logits, and the projection is the largest matmul of the model."""
+    needs only its last prompt token's logits, and the projection is the largest matmul of the model. An index
+    [B, K] keeps K positions of each row (logits [B, K, V]): the continuation a log-likelihood request scores."""
     out = self.hidden(tokens_BL, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
                       deterministic=deterministic, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
     if logits_index_B is not None:
-      x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
+      index_BK = logits_index_B[:, None] if logits_index_B.ndim == 1 else logits_index_B
+      x_BLD = jnp.take_along_axis(x_BLD, index_BK[:, :, None], axis=1)
     logits_BLV = self.embed.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab")).astype(jnp.float32)
     logits_BLV = logit_mask.apply(logits_BLV, self.cfg.logit_mask)
