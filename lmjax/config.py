@@ -30,7 +30,7 @@ INVALID_UTF8_POLICIES = ("replace", "fail")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("matrices", "all", "none")
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
 class ConfigError(ValueError):
@@ -160,17 +160,19 @@ def base_config() -> ml_collections.ConfigDict:
   for name, section in registry.SECTIONS.items():
     c[name] = _section(section.fields)
 
-  # Devices form a mesh with axes (data, fsdp, tensor); -1 takes the devices the other axes leave. Parameters and
-  # activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b" splits over
-  # both), so a new sharding layout is a config change, not a code change.
+  # Devices form a mesh with axes (data, fsdp, sequence, tensor); -1 takes the devices the other axes leave.
+  # Parameters and activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b"
+  # splits over both), so a new sharding layout is a config change, not a code change. mesh.sequence > 1 splits the
+  # length axis of activations (context parallelism, with ring attention: model.attention_impl 'ring' or 'auto').
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
+  c.mesh.sequence = 1
   c.mesh.tensor = 1
   c.mesh.rules = ml_collections.ConfigDict()
   c.mesh.rules.batch = "data,fsdp"
-  c.mesh.rules.activation_tokens = "data,fsdp"
-  c.mesh.rules.length = ""
+  c.mesh.rules.activation_tokens = "data,fsdp,sequence"
+  c.mesh.rules.length = "sequence"
   c.mesh.rules.embed = "fsdp"
   c.mesh.rules.vocab = "tensor"
   c.mesh.rules.mlp = "tensor"
@@ -297,7 +299,7 @@ def _validate_mesh(cfg: ml_collections.ConfigDict) -> None:
     if size == 0 or size < -1:
       fail(f"mesh.{axis}", size, "must be a positive device count, or -1 to take the devices left over")
   if list(sizes.values()).count(-1) > 1:
-    fail("mesh", sizes, "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    fail("mesh", sizes, f"at most one of {', '.join('mesh.' + a for a in MESH_AXES)} may be -1")
   for logical, mesh_axes in cfg.mesh.rules.items():
     named = [a.strip() for a in mesh_axes.split(",") if a.strip()]
     unknown = [a for a in named if a not in MESH_AXES]
