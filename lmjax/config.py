@@ -198,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 2000
   c.train.microbatches = 1  # gradient accumulation: each step sums gradients over this many slices of the batch
   c.train.steps_per_call = 1  # train steps fused into one jitted call (a lax.scan): fewer dispatches for tiny models
+  # 0: the loss reads the whole [tokens, V] float32 logits, as always; N: the vocabulary projection and the loss run
+  # N tokens at a time and are recomputed in the backward pass (lmjax/models/vocab_head.py): memory for compute.
+  c.train.loss_chunk_tokens = 0
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.eval_batches = 20  # 0 -> the whole validation split
@@ -330,7 +333,8 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "num_steps", "microbatches", "steps_per_call", "log_every", "eval_every",
                 "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
     at_least(cfg, f"train.{field}", 1)
-  for field in ("num_samples", "eval_batches", "eval_batch_size", "sample_length", "sample_top_k"):
+  for field in ("num_samples", "eval_batches", "eval_batch_size", "sample_length", "sample_top_k",
+                "loss_chunk_tokens"):
     at_least(cfg, f"train.{field}", 0)
   at_least(cfg, "train.sample_temperature", 0.0)
   if t.batch_size % t.microbatches:
@@ -346,6 +350,11 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
     fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, "give positive integers separated by commas, e.g. "
          "'512,1024'")
   task = registry.TASKS.get(cfg.task)
+  family = registry.MODELS.get(cfg.model.name)
+  if t.loss_chunk_tokens and not (task.chunked_loss and family.returns_hidden):
+    what = (f"model.name={cfg.model.name!r} computes its logits whole" if task.chunked_loss
+            else f"task={cfg.task!r} has no vocabulary head")
+    fail("train.loss_chunk_tokens", t.loss_chunk_tokens, f"{what}; set it to 0")
   if extra_lens and not task.evaluates_other_lengths:
     fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"evaluating at other lengths is for tasks that read "
          f"token windows ({', '.join(n for n, c in registry.TASKS.items() if c.evaluates_other_lengths)}), not "

@@ -12,6 +12,8 @@ do, so that tasks, decoding and validation ask the family instead of testing nam
   decodes      extends a sequence over a key/value cache (lmjax.decode drives `init_cache` / `extend`).
   sows_layers  records per-layer hidden states and attention maps when asked (distillation).
   fit_only     has no gradient training: fitted in one pass over the data (the n-gram model).
+  returns_hidden  can return its final hidden states and output weights instead of logits (`return_hidden=True`),
+               so losses over the vocabulary run a chunk of tokens at a time (train.loss_chunk_tokens).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ModelConfig:
   decodes: ClassVar[bool] = False
   sows_layers: ClassVar[bool] = False
   fit_only: ClassVar[bool] = False
+  returns_hidden: ClassVar[bool] = False
   registered_name: ClassVar[str] = ""
 
   # --- the config section ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from flax import linen as nn
 from lmjax.models.attention import KVCache
 from lmjax.models.layers import dtype_of, normal_init
 from lmjax.models.stack import TransformerConfig, TransformerStack, empty_cache
+from lmjax.models.vocab_head import Hidden, VocabHead
 from lmjax.registry import MODELS
 
 
@@ -45,17 +46,28 @@ class Decoder(nn.Module):
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
                segment_ids_BL: jax.Array | None = None, deterministic: bool = True,
                cache: tuple[KVCache, ...] | None = None,
-               logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
+               logits_index_B: jax.Array | None = None,
+               return_hidden: bool = False) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
     """`logits_index_B` keeps one index of each row before the vocabulary projection (logits [B, 1, V]): a prefill
-    needs only its last prompt token's logits, and the projection is the largest matmul of the model."""
+    needs only its last prompt token's logits, and the projection is the largest matmul of the model.
+    `return_hidden` returns a `Hidden` (final hidden states and the head's weights) instead of the logits, for
+    losses computed a chunk of tokens at a time (lmjax/models/vocab_head.py)."""
     out = self.stack(self.embed(tokens_BL), positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
                      deterministic=deterministic, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
+    if return_hidden:
+      return Hidden(x_BLD, self.vocab_head())
     if logits_index_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
     logits_BLV = self.embed.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab")).astype(jnp.float32)
     return logits_BLV if cache is None else (logits_BLV, new_cache)
+
+  def vocab_head(self) -> VocabHead:
+    """The output weights as [V, D]: the tied embedding, or the lm_head kernel transposed."""
+    if self.cfg.tie_embeddings:
+      return VocabHead(self.embed.embedding)
+    return VocabHead(self.lm_head.variables["params"]["kernel"].T)
 
   # --- the cache interface of lmjax.decode ------------------------------------------------------------------------
 
@@ -81,3 +93,4 @@ class GptConfig(TransformerConfig):
   interface: ClassVar[str] = "next_token"
   decodes: ClassVar[bool] = True
   sows_layers: ClassVar[bool] = True
+  returns_hidden: ClassVar[bool] = True

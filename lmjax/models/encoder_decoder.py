@@ -31,6 +31,7 @@ from lmjax import config as config_lib
 from lmjax.models.attention import KVCache, attention_mask
 from lmjax.models.layers import Projection, dtype_of, normal_init
 from lmjax.models.stack import StackNames, TransformerConfig, TransformerStack, empty_cache
+from lmjax.models.vocab_head import Hidden, VocabHead
 from lmjax.registry import MODELS
 
 # The parameter names of both sides (unchanged since the first encoder-decoder checkpoints).
@@ -75,8 +76,10 @@ class EncoderDecoder(nn.Module):
   def decode(self, targets_BL: jax.Array, cross_kv: tuple[KVCache, ...], cross_segment_ids_BS: jax.Array, *,
              target_segment_ids_BL: jax.Array | None = None, positions_BL: jax.Array | None = None,
              deterministic: bool = True, cache: tuple[KVCache, ...] | None = None,
-             logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
-    """Logits [B, L, V] of the tokens after each target input; over a `cache`, also the updated cache."""
+             logits_index_B: jax.Array | None = None,
+             return_hidden: bool = False) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
+    """Logits [B, L, V] of the tokens after each target input; over a `cache`, also the updated cache. With
+    `return_hidden`, a `Hidden` instead of the logits (lmjax/models/vocab_head.py)."""
     B, L = targets_BL.shape
     if cache is None and target_segment_ids_BL is not None:
       query_segments_BL = target_segment_ids_BL
@@ -86,6 +89,10 @@ class EncoderDecoder(nn.Module):
     out = self.decoder(self.target_embed(targets_BL), positions_BL=positions_BL, segment_ids_BL=target_segment_ids_BL,
                        deterministic=deterministic, cross=cross_kv, cross_mask_B1LS=cross_mask_B1LS, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
+    if return_hidden:
+      head = VocabHead(self.target_embed.embedding) if self.cfg.tie_embeddings else VocabHead(
+          self.lm_head.variables["params"]["kernel"].T)
+      return Hidden(x_BLD, head)
     if logits_index_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
     logits_BLV = self.target_embed.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
@@ -96,7 +103,7 @@ class EncoderDecoder(nn.Module):
                source_segment_ids_BS: jax.Array | None = None,
                target_segment_ids_BL: jax.Array | None = None, deterministic: bool = True,
                source_positions_BS: jax.Array | None = None,
-               target_positions_BL: jax.Array | None = None) -> jax.Array:
+               target_positions_BL: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
     """Teacher forcing: logits [B, L, V] for every target input position. Several pairs packed into one row have
     segment ids 1, 2, ... on both sides and positions restarting at 0 for each. Without targets the source is fed
     to both sides, so the model initializes from one token array like the other architectures."""
@@ -107,7 +114,7 @@ class EncoderDecoder(nn.Module):
     enc_BSD = self.encode(source_BS, source_segment_ids_BS, deterministic, source_positions_BS)
     return self.decode(targets_BL, self.cross_kv(enc_BSD), source_segment_ids_BS,
                        target_segment_ids_BL=target_segment_ids_BL, positions_BL=target_positions_BL,
-                       deterministic=deterministic)
+                       deterministic=deterministic, return_hidden=return_hidden)
 
   def init_cache(self, batch: int, length: int) -> tuple[KVCache, ...]:
     """Empty self-attention caches of the decoder layers for `length` target positions."""
@@ -147,6 +154,7 @@ class EncoderDecoderConfig(TransformerConfig):
   module: ClassVar[Any] = EncoderDecoder
   interface: ClassVar[str] = "seq2seq"
   decodes: ClassVar[bool] = True
+  returns_hidden: ClassVar[bool] = True
 
   @property
   def decoder_layers(self) -> int:
