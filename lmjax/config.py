@@ -218,6 +218,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True
   c.train.max_nonfinite_steps = 10  # stop after this many consecutive steps with non-finite loss or gradients
   c.train.allow_config_change = False  # resume a workdir whose saved model/tokenizer/seq_len config differs
+  c.train.profile_steps = ""  # 'START:END': a jax.profiler trace of those train steps in workdir/profile
+  c.train.compile_cache = "auto"  # compiled programs kept for reruns: 'auto' (the user cache dir), a path, or ''
   return c
 
 
@@ -359,6 +361,11 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
     fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"evaluating at other lengths is for tasks that read "
          f"token windows ({', '.join(n for n, c in registry.TASKS.items() if c.evaluates_other_lengths)}), not "
          f"task={cfg.task!r}; set it to ''")
+  try:
+    parse_step_range(t.profile_steps)
+  except ValueError:
+    fail("train.profile_steps", t.profile_steps, "give START:END with 0 <= START < END, e.g. '100:110', or '' for "
+         "no profile")
   context = registry.MODELS.get(cfg.model.name).max_context(cfg.model)
   for n in extra_lens:
     if context is not None and n > context:
@@ -395,6 +402,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+def parse_step_range(text: str) -> tuple[int, int] | None:
+  """'100:110' -> (100, 110); '' -> None; a ValueError otherwise."""
+  if not text.strip():
+    return None
+  start, end = (int(part) for part in text.split(":"))
+  if not 0 <= start < end:
+    raise ValueError(text)
+  return start, end
 
 
 def parse_lengths(text: str) -> list[int]:

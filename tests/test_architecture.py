@@ -22,7 +22,7 @@ LAYERS = (
               "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli")),
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),
     ("models", ("lmjax.models", "lmjax.models.*")),
-    ("runs", ("lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
+    ("runs", ("lmjax.compile_cache", "lmjax.profiling", "lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
               "lmjax.optim", "lmjax.prepare", "lmjax.workdir", "lmjax.init_from", "lmjax.hf", "lmjax.hf.gpt2",
               "lmjax.hf.bert", "lmjax.hf.architectures")),
     ("tasks", ("lmjax.tasks", "lmjax.tasks.*", "lmjax.distill", "lmjax.distill.heads", "lmjax.distill.layers",
