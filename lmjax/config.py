@@ -30,7 +30,7 @@ INVALID_UTF8_POLICIES = ("replace", "fail")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("matrices", "all", "none")
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
 class ConfigError(ValueError):
@@ -160,17 +160,19 @@ def base_config() -> ml_collections.ConfigDict:
   for name, section in registry.SECTIONS.items():
     c[name] = _section(section.fields)
 
-  # Devices form a mesh with axes (data, fsdp, tensor); -1 takes the devices the other axes leave. Parameters and
-  # activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b" splits over
-  # both), so a new sharding layout is a config change, not a code change.
+  # Devices form a mesh with axes (data, fsdp, sequence, tensor); -1 takes the devices the other axes leave.
+  # Parameters and activations name logical axes; `rules` maps each logical axis to mesh axes ("" replicates, "a,b"
+  # splits over both), so a new sharding layout is a config change, not a code change. mesh.sequence > 1 splits the
+  # length axis of activations (context parallelism, with ring attention: model.attention_impl 'ring' or 'auto').
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
+  c.mesh.sequence = 1
   c.mesh.tensor = 1
   c.mesh.rules = ml_collections.ConfigDict()
   c.mesh.rules.batch = "data,fsdp"
-  c.mesh.rules.activation_tokens = "data,fsdp"
-  c.mesh.rules.length = ""
+  c.mesh.rules.activation_tokens = "data,fsdp,sequence"
+  c.mesh.rules.length = "sequence"
   c.mesh.rules.embed = "fsdp"
   c.mesh.rules.vocab = "tensor"
   c.mesh.rules.mlp = "tensor"
@@ -196,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 2000
   c.train.microbatches = 1  # gradient accumulation: each step sums gradients over this many slices of the batch
   c.train.steps_per_call = 1  # train steps fused into one jitted call (a lax.scan): fewer dispatches for tiny models
+  # 0: the loss reads the whole [tokens, V] float32 logits, as always; N: the vocabulary projection and the loss run
+  # N tokens at a time and are recomputed in the backward pass (lmjax/models/vocab_head.py): memory for compute.
+  c.train.loss_chunk_tokens = 0
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.eval_batches = 20  # 0 -> the whole validation split
@@ -218,6 +223,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_tasks_every = 0  # steps between them, a multiple of train.eval_every; 0: at every evaluation
   c.train.eval_tasks_limit = 0  # examples per task; 0: all
   c.train.eval_tasks_include_path = ""  # a directory of your own task YAMLs (the harness's --include_path)
+  c.train.profile_steps = ""  # 'START:END': a jax.profiler trace of those train steps in workdir/profile
+  c.train.compile_cache = "auto"  # compiled programs kept for reruns: 'auto' (the user cache dir), a path, or ''
   return c
 
 
@@ -302,7 +309,7 @@ def _validate_mesh(cfg: ml_collections.ConfigDict) -> None:
     if size == 0 or size < -1:
       fail(f"mesh.{axis}", size, "must be a positive device count, or -1 to take the devices left over")
   if list(sizes.values()).count(-1) > 1:
-    fail("mesh", sizes, "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    fail("mesh", sizes, f"at most one of {', '.join('mesh.' + a for a in MESH_AXES)} may be -1")
   for logical, mesh_axes in cfg.mesh.rules.items():
     named = [a.strip() for a in mesh_axes.split(",") if a.strip()]
     unknown = [a for a in named if a not in MESH_AXES]
@@ -333,7 +340,8 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "num_steps", "microbatches", "steps_per_call", "log_every", "eval_every",
                 "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
     at_least(cfg, f"train.{field}", 1)
-  for field in ("num_samples", "eval_batches", "eval_batch_size", "sample_length", "sample_top_k"):
+  for field in ("num_samples", "eval_batches", "eval_batch_size", "sample_length", "sample_top_k",
+                "loss_chunk_tokens"):
     at_least(cfg, f"train.{field}", 0)
   at_least(cfg, "train.sample_temperature", 0.0)
   if t.batch_size % t.microbatches:
@@ -349,11 +357,21 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
     fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, "give positive integers separated by commas, e.g. "
          "'512,1024'")
   task = registry.TASKS.get(cfg.task)
+  family = registry.MODELS.get(cfg.model.name)
+  if t.loss_chunk_tokens and not (task.chunked_loss and family.returns_hidden):
+    what = (f"model.name={cfg.model.name!r} computes its logits whole" if task.chunked_loss
+            else f"task={cfg.task!r} has no vocabulary head")
+    fail("train.loss_chunk_tokens", t.loss_chunk_tokens, f"{what}; set it to 0")
   if extra_lens and not task.evaluates_other_lengths:
     fail("train.extra_eval_seq_lens", t.extra_eval_seq_lens, f"evaluating at other lengths is for tasks that read "
          f"token windows ({', '.join(n for n, c in registry.TASKS.items() if c.evaluates_other_lengths)}), not "
          f"task={cfg.task!r}; set it to ''")
   _validate_eval_tasks(cfg)
+  try:
+    parse_step_range(t.profile_steps)
+  except ValueError:
+    fail("train.profile_steps", t.profile_steps, "give START:END with 0 <= START < END, e.g. '100:110', or '' for "
+         "no profile")
   context = registry.MODELS.get(cfg.model.name).max_context(cfg.model)
   for n in extra_lens:
     if context is not None and n > context:
@@ -410,6 +428,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+def parse_step_range(text: str) -> tuple[int, int] | None:
+  """'100:110' -> (100, 110); '' -> None; a ValueError otherwise."""
+  if not text.strip():
+    return None
+  start, end = (int(part) for part in text.split(":"))
+  if not 0 <= start < end:
+    raise ValueError(text)
+  return start, end
 
 
 def parse_lengths(text: str) -> list[int]:

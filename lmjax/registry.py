@@ -79,5 +79,7 @@ POSITIONS: Registry[Any] = Registry("model.position", "position encoding")
 TASKS: Registry[Any] = Registry("task", "task")
 # Tokenizer kinds (tokenizer.kind): lmjax's own (lmjax/data/tokenizers.py) and imported ones (lmjax/hf/).
 TOKENIZERS: Registry[Any] = Registry("tokenizer.kind", "tokenizer kind")
+# Attention implementations (model.attention_impl): one file each (lmjax/models/kernels/).
+ATTENTION: Registry[Any] = Registry("model.attention_impl", "attention implementation")
 # Config sections owned by one module each (mlm, finetune, seq2seq, distill, ...): lmjax.config.Section entries.
 SECTIONS: Registry[Any] = Registry("<section>", "config section")

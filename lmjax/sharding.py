@@ -1,8 +1,9 @@
 """The device mesh and where every array lives on it.
 
 Parameters and activations name logical axes ('embed', 'mlp', 'batch', ...); `config.mesh.rules` maps them to
-the mesh axes (data, fsdp, tensor). Pure data parallelism is the default rules with mesh.data=-1; FSDP shards
-parameters and optimizer state over 'fsdp' along 'embed'; tensor parallelism splits heads, MLP and vocab.
+the mesh axes (data, fsdp, sequence, tensor). Pure data parallelism is the default rules with mesh.data=-1; FSDP
+shards parameters and optimizer state over 'fsdp' along 'embed'; tensor parallelism splits heads, MLP and vocab;
+context parallelism (mesh.sequence) splits the length axis of activations, with ring attention.
 Everything is `jax.jit` with NamedSharding; XLA inserts the collectives.
 """
 
@@ -64,9 +65,9 @@ def logical_rules(mesh_cfg: ml_collections.ConfigDict) -> Rules:
 
 
 def without_batch_sharding(rules: Rules) -> Rules:
-  """The rules with batch axes replicated: for small side computations (sampling a few rows) that the batch
-  shards cannot split."""
-  return tuple((name, None if name in ("batch", "activation_tokens") else axes) for name, axes in rules)
+  """The rules with batch and length axes replicated: for small side computations (sampling a few rows of a short
+  prompt) that the batch and sequence shards cannot split."""
+  return tuple((name, None if name in ("batch", "activation_tokens", "length") else axes) for name, axes in rules)
 
 
 def _mesh_axes_of(entry: Any) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import metrics as metrics_lib
-from lmjax import init_from, programs, sharding, writers
+from lmjax import compile_cache, init_from, programs, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
 from lmjax.config import ConfigError, validate
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
@@ -26,6 +26,7 @@ from lmjax.models.base import FitResult
 from lmjax.optim import learning_rate_schedule
 from lmjax.prepare import data_dir_of, prepare_tokenizer
 from lmjax.preemption import Preempted, StopSignals
+from lmjax.profiling import StepProfiler
 from lmjax.registry import TASKS
 from lmjax.state import abstract_train_state, count_params, create_train_state
 from lmjax.tasks.base import Task, TaskData, VocabInfo
@@ -152,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   preempted job would; rerunning continues to num_steps.
   """
   validate(config)
+  compile_cache.enable(config.train.compile_cache)
   # The mesh is built once and checked against the devices before any data is read or anything compiles.
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_fits(config, mesh, sharding.logical_rules(config.mesh))
@@ -274,14 +276,17 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
                          num_params=count_params(state.params))
   eval_metrics: dict[str, float] = {}
   first_call = True
+  profiler = StepProfiler(t.profile_steps, workdir)
   try:
     with StopSignals() as stop:
       while step < end:
         k = min(t.steps_per_call, end - step)
         call_start = time.perf_counter()
         batches = sharding.global_batch(_stack([next(train_iter) for _ in range(k)]), mesh, progs.train_batch_spec)
+        profiler.before(step)
         state, step_metrics = train_fn(state, batches)
         step += k
+        profiler.after(step, step_metrics)
         compiled_in = None
         if first_call:
           jax.block_until_ready(step_metrics)
@@ -312,6 +317,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
           raise Preempted(step, stop.received or "a stop signal on another process")
         log.exclude(time.perf_counter() - pause_start)
   finally:
+    profiler.stop(step)
     checkpointer.close()
     writer.close()
 

@@ -17,10 +17,14 @@ from lmjax.config import ConfigError, base_config, flatten
 # checkpoint would either fail to restore or continue a different model.
 IDENTITY_SECTIONS = ("model", "tokenizer")
 IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), ("data", "tfds_name"))
+# Model fields that change how the step computes the same function, never the parameters: a resumed run may switch.
+COMPUTE_FIELDS = ("model.attention_impl",)
 
 
 def _is_identity(field: str) -> bool:
   section, _, name = field.partition(".")
+  if field in COMPUTE_FIELDS:
+    return False
   return section in IDENTITY_SECTIONS or (section, name) in IDENTITY_FIELDS
 
 

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests (and the runs they start) keep no persistent compilation cache in the user's home (lmjax/compile_cache.py).
+os.environ.setdefault("LMJAX_COMPILE_CACHE", "off")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()

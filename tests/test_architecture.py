@@ -23,7 +23,7 @@ LAYERS = (
               "lmjax.eval_results")),
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),
     ("models", ("lmjax.models", "lmjax.models.*")),
-    ("runs", ("lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
+    ("runs", ("lmjax.compile_cache", "lmjax.profiling", "lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
               "lmjax.optim", "lmjax.prepare", "lmjax.workdir", "lmjax.init_from", "lmjax.hf", "lmjax.hf.gpt2",
               "lmjax.hf.bert", "lmjax.hf.architectures", "lmjax.hf.adapter", "lmjax.hf.llama", "lmjax.hf.gemma",
               "lmjax.hf.t5", "lmjax.scoring", "lmjax.harness")),

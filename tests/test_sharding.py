@@ -158,7 +158,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(single_dev
 def test_mesh_sizes_are_resolved_and_checked():
   c = base_config().mesh
   c.update(data=-1, fsdp=2, tensor=2)
-  assert sharding.mesh_shape(c, 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert sharding.mesh_shape(c, 8) == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
   with pytest.raises(ConfigError, match=r"config.mesh .*6 devices are not divisible by 4"):
     sharding.mesh_shape(c, 6)
   c.update(data=2)

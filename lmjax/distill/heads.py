@@ -16,13 +16,18 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lmjax.models.vocab_head import token_stats
+
 Heads = dict[str, tuple[jax.Array, jax.Array]]  # name -> (logits [..., V], weights [...])
 
 
 def _apply(model: Any, params: Any, args: tuple, kwargs: dict, *, deterministic: bool, rng: jax.Array | None,
-           record: bool) -> tuple[Any, Any]:
-  """(outputs, intermediates or None). With `record`, the hidden states and attention maps the blocks sow."""
+           record: bool, chunk: int = 0) -> tuple[Any, Any]:
+  """(outputs, intermediates or None). With `record`, the hidden states and attention maps the blocks sow. With
+  `chunk` (train.loss_chunk_tokens), vocabulary logits come as a `Hidden` (lmjax/models/vocab_head.py)."""
   rngs = {"dropout": rng} if rng is not None else None
+  if chunk:
+    kwargs = {**kwargs, "return_hidden": True}
   if not record:
     return model.apply({"params": params}, *args, deterministic=deterministic, rngs=rngs, **kwargs), None
   out, state = model.apply({"params": params}, *args, deterministic=deterministic, rngs=rngs,
@@ -30,26 +35,28 @@ def _apply(model: Any, params: Any, args: tuple, kwargs: dict, *, deterministic:
   return out, state["intermediates"]
 
 
+@dataclasses.dataclass(frozen=True)
 class CausalLmHeads:
-  """Next-token logits [B, L, V] at every position the loss counts."""
+  """Next-token logits [B, L, V] at every position the loss counts (a Hidden with train.loss_chunk_tokens)."""
+  chunk: int = 0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "CausalLmHeads":
+  def from_config(cls, config: ml_collections.ConfigDict, chunk: int = 0) -> "CausalLmHeads":
     del config
-    return cls()
+    return cls(chunk)
 
-  @staticmethod
-  def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
+  def run(self, model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
     return _apply(model, params, (batch["inputs"],),
                   {"positions_BL": batch["positions"], "segment_ids_BL": batch["segment_ids"]},
-                  deterministic=deterministic, rng=rng, record=record)
+                  deterministic=deterministic, rng=rng, record=record, chunk=self.chunk)
 
   def heads(self, outputs, batch) -> Heads:
     return {"lm": (outputs, batch["loss_mask"])}
 
   def hard_loss(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
     """(loss, the base task's own metrics, its weight for gradient accumulation) as in tasks/causal_lm.py."""
-    nll_BL = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["targets"])
+    nll_BL = token_stats(optax.softmax_cross_entropy_with_integer_labels, [outputs], [batch["targets"]],
+                         chunk=self.chunk)
     mask_BL = batch["loss_mask"]
     return (nll_BL * mask_BL).sum() / jnp.maximum(mask_BL.sum(), 1.0), {}, mask_BL.sum()
 
@@ -58,15 +65,16 @@ class CausalLmHeads:
 class MlmHeads:
   """Masked-LM logits [B, P, V] at the predicted positions, and next-sentence logits [B, 2] when mlm.nsp."""
   nsp: bool = True
+  chunk: int = 0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "MlmHeads":
-    return cls(config.mlm.nsp)
+  def from_config(cls, config: ml_collections.ConfigDict, chunk: int = 0) -> "MlmHeads":
+    return cls(config.mlm.nsp, chunk)
 
-  @staticmethod
-  def run(model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
+  def run(self, model, params, batch, *, deterministic: bool, rng: jax.Array | None = None, record: bool = False):
     return _apply(model, params, (batch["inputs"], batch["token_types"], batch["segment_ids"],
-                                  batch["mlm_positions"]), {}, deterministic=deterministic, rng=rng, record=record)
+                                  batch["mlm_positions"]), {}, deterministic=deterministic, rng=rng, record=record,
+                  chunk=self.chunk)
 
   def heads(self, outputs, batch) -> Heads:
     heads = {"mlm": (outputs["mlm_logits"], batch["mlm_weights"])}
@@ -76,7 +84,8 @@ class MlmHeads:
 
   def hard_loss(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
     """As in tasks/mlm.py: the MLM mean over masked positions, plus the NSP mean over examples with mlm.nsp."""
-    mlm_BP = optax.softmax_cross_entropy_with_integer_labels(outputs["mlm_logits"], batch["mlm_targets"])
+    mlm_BP = token_stats(optax.softmax_cross_entropy_with_integer_labels, [outputs["mlm_logits"]],
+                         [batch["mlm_targets"]], chunk=self.chunk)
     weights_BP = batch["mlm_weights"]
     masked = weights_BP.sum()
     aux = {"mlm_loss": (mlm_BP * weights_BP).sum() / jnp.maximum(masked, 1.0)}
@@ -92,8 +101,8 @@ class ClassificationHeads:
   distribution to match)."""
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "ClassificationHeads":
-    del config
+  def from_config(cls, config: ml_collections.ConfigDict, chunk: int = 0) -> "ClassificationHeads":
+    del config, chunk  # class logits are small: nothing to chunk
     return cls()
 
   @staticmethod

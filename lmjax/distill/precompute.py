@@ -49,13 +49,14 @@ def precompute(config: ml_collections.ConfigDict, workdir: str | Path, num_batch
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   params = restore_params(teacher, jax.tree_util.tree_map(lambda _: device, teacher.abstract))
   distilled_heads = HEADS[base_class.registered_name].from_config(config)
+  teacher_heads = HEADS[base_class.registered_name].from_config(teacher.config)  # whole logits: top-k needs them
 
   @jax.jit
   def top_k(params, batch):
-    out = teacher.heads.run(teacher.model, params, batch, deterministic=True)[0]
+    out = teacher_heads.run(teacher.model, params, batch, deterministic=True)[0]
     distilled = distilled_heads.heads(out, batch)  # the heads the student distils (e.g. no NSP without mlm.nsp)
     return {name: jax.lax.top_k(logits, min(k.top_k, logits.shape[-1]))
-            for name, (logits, _) in teacher.heads.heads(out, batch).items() if name in distilled}
+            for name, (logits, _) in teacher_heads.heads(out, batch).items() if name in distilled}
 
   n = num_batches or config.train.num_steps
   target = Path(k.offline_logits_dir)

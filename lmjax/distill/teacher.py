@@ -14,11 +14,12 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
 from lmjax.config import ConfigError
 from lmjax.distill.heads import HEADS
 from lmjax.models import family
-from lmjax.registry import TASKS
+from lmjax.registry import ATTENTION, TASKS
 from lmjax.saved_run import RunError, SavedRun, open_run, quiet_orbax
 from lmjax.state import abstract_params
 from lmjax.tasks.base import VocabInfo
@@ -91,9 +92,17 @@ def open_teacher(config: ml_collections.ConfigDict, base_class: Any) -> Teacher:
             "no class distribution to distil; give a classification run")
     # Its class count is in its checkpoint: a run that read its labels from the data has no finetune.labels.
     data["data"] = types.SimpleNamespace(num_outputs=_saved_shapes(run, step)["['classifier']['kernel']"][-1])
+  if k.attention_weight > 0 and not ATTENTION.get(t.model.attention_impl).probs:
+    # The teacher's attention maps are matched: it runs the reference, which returns them (same function).
+    logging.info("Teacher: model.attention_impl=%r returns no attention maps; the teacher runs 'xla'.",
+                 t.model.attention_impl)
+    t = ml_collections.ConfigDict(t.to_dict())
+    t.model.attention_impl = "xla"
   task = base_class.create(t, VocabInfo(run.tokenizer.vocab_size), **data)
   abstract, axes = abstract_params(task.model, task.init_args())
-  return Teacher(run, step, task.model, abstract, axes, HEADS[base].from_config(t))
+  # The teacher's logits come as the student's do (whole, or as hidden states for a chunked loss).
+  heads = HEADS[base].from_config(t, config.train.loss_chunk_tokens)
+  return Teacher(run, step, task.model, abstract, axes, heads)
 
 
 def check_tokenizer(config: ml_collections.ConfigDict, teacher: Teacher, tokenizer: Any) -> None:

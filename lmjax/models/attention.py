@@ -1,16 +1,19 @@
 """Scaled dot-product attention, softmax(Q K^T / sqrt(d)) V, with causal and document (segment) masks.
 
-Two implementations of the same function, chosen by `model.attention_impl`:
-  'xla'  the reference: two einsums and a float32 softmax, readable and differentiable everywhere;
-  'jax'  jax.nn.dot_product_attention, which dispatches to cuDNN flash attention on GPU.
-Position biases (ALiBi, T5) always take the reference path, which adds them to the logits before the mask; rotary
-positions arrive as a `Rotation` of queries and keys (lmjax/models/positions/).
+`model.attention_impl` names one implementation of the same function (lmjax/models/kernels/, one file each,
+registered in lmjax.registry.ATTENTION): 'xla' the reference, 'cudnn', 'splash', 'pallas_gpu', 'flash', 'ring',
+'auto', and 'jax' for runs that recorded it. `MultiHeadAttention` calls them through `self_attention`, the one
+dispatch point; what an implementation cannot do is a config error (lmjax/models/stack.py validates), never a
+silent fallback. Rotary positions arrive as a `Rotation` of queries and keys (lmjax/models/positions/), position
+biases as a [B, H, L, M] array added to the logits.
 
 Grouped-query attention (`model.num_kv_heads` < `model.num_heads`) shares each key/value head among G = H / K
 consecutive query heads: query head h = k * G + g reads key/value head k.
 
 For decoding, a layer's keys and values live in a `KVCache` indexed by absolute position (slot m holds the key of
-the token at position m), so a new token's bias or rotation needs no bookkeeping beyond its own position.
+the token at position m), so a new token's bias or rotation needs no bookkeeping beyond its own position. Attention
+over a cache, and cross-attention, use the reference's softmax in the cache's heads-first layout ('jax' keeps its
+fused op over a cache, as before).
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lmjax.config import ConfigError
+from lmjax.models import kernels
+from lmjax.models.kernels.base import MASKED as _MASKED
+from lmjax.models.kernels.jax_sdpa import fused_attention
+from lmjax.models.kernels.ring import sequence_shards
+from lmjax.models.kernels.xla import reference_attention
 from lmjax.models.layers import Projection
 from lmjax.models.positions import Rotation, rotate
+from lmjax.registry import ATTENTION
 
-
-IMPLEMENTATIONS = ("xla", "jax")  # model.attention_impl
-
-_MASKED = -1e30  # large but finite, so fully masked rows (padding) give a uniform softmax instead of NaN
+__all__ = ["CrossAttention", "KVCache", "MultiHeadAttention", "attention_mask", "cache_mask", "cached_attention",
+           "fused_attention", "reference_attention", "self_attention"]
 
 
 def attention_mask(segment_ids_BL: jax.Array | None, kv_segment_ids_BM: jax.Array | None = None, *,
@@ -49,42 +57,28 @@ def attention_mask(segment_ids_BL: jax.Array | None, kv_segment_ids_BM: jax.Arra
   return valid_BLM[:, None]
 
 
-def reference_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mask_B1LM: jax.Array,
-                        dropout_rng: jax.Array | None = None, dropout_rate: float = 0.0,
-                        bias_BHLM: jax.Array | None = None, return_probs: bool = False) -> jax.Array:
-  """softmax(Q K^T / sqrt(d) + bias) V. Keys and values may have fewer heads K than queries (H = K * G).
-  With return_probs, (output, the attention probabilities [B, H, L, M] before dropout)."""
-  B, L, H, d = q_BLHd.shape
-  K = k_BMKd.shape[2]
-  scale = d ** -0.5
-  if K == H:
-    scores_BHLM = jnp.einsum("BLHd,BMHd->BHLM", q_BLHd * scale, k_BMKd).astype(jnp.float32)
-  else:
-    # Grouped heads are contracted against their shared key head directly, never materializing repeated keys.
-    q_BLKGd = (q_BLHd * scale).reshape(B, L, K, H // K, d)
-    scores_BHLM = jnp.einsum("BLKGd,BMKd->BKGLM", q_BLKGd, k_BMKd).astype(jnp.float32).reshape(B, H, L, -1)
-  if bias_BHLM is not None:
-    scores_BHLM = scores_BHLM + bias_BHLM.astype(jnp.float32)
-  scores_BHLM = jnp.where(mask_B1LM, scores_BHLM, _MASKED)
-  probs_BHLM = jax.nn.softmax(scores_BHLM, axis=-1)
-  undropped_BHLM = probs_BHLM
-  if dropout_rng is not None and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BHLM.shape)
-    probs_BHLM = jnp.where(keep, probs_BHLM / (1.0 - dropout_rate), 0.0)
-  probs_BHLM = probs_BHLM.astype(v_BMKd.dtype)
-  if K == H:
-    out_BLHd = jnp.einsum("BHLM,BMHd->BLHd", probs_BHLM, v_BMKd)
-  else:
-    probs_BKGLM = probs_BHLM.reshape(B, K, H // K, L, -1)
-    out_BLHd = jnp.einsum("BKGLM,BMKd->BLKGd", probs_BKGLM, v_BMKd).reshape(B, L, H, d)
-  return (out_BLHd, undropped_BHLM) if return_probs else out_BLHd
+def choose_kernel(impl: str, needs: kernels.Needs, platform: str | None = None) -> kernels.Kernel:
+  """The implementation model.attention_impl=`impl` runs for a call with `needs` on `platform` (default: JAX's
+  backend); a ConfigError naming the field when it cannot."""
+  platform = platform or jax.default_backend()
+  chosen = ATTENTION.get(impl).resolve(needs, platform)
+  why = chosen.unsupported(needs)
+  if not why and chosen.platforms and platform not in chosen.platforms and not chosen.interpretable:
+    why = f"it runs on {' or '.join(chosen.platforms)}, and this process runs on {platform}"
+  if why:
+    ran = f" (which runs {chosen.name!r})" if chosen.name != impl else ""
+    raise ConfigError(f"config.model.attention_impl={impl!r} is invalid{ran}: {why}; choose 'xla', 'flash' or "
+                      f"'auto'.")
+  return chosen
 
 
-def fused_attention(q_BLHd: jax.Array, k_BMKd: jax.Array, v_BMKd: jax.Array, mask_B1LM: jax.Array) -> jax.Array:
-  # jax.nn.dot_product_attention cannot mask a row completely; padding rows are zeroed afterwards by the caller's
-  # loss mask, and a fully masked row here only needs to stay finite, which the XLA path of this op guarantees.
-  # It groups query heads over fewer key/value heads the same way (h = k * G + g).
-  return jax.nn.dot_product_attention(q_BLHd, k_BMKd, v_BMKd, mask=mask_B1LM)
+def self_attention(impl: str, call: kernels.Call, *, causal: bool, dtype: str) -> Any:
+  """The one dispatch point: `call` through the implementation `impl` resolves to."""
+  needs = kernels.Needs(bias=call.bias_BHLM is not None,
+                        dropout=call.dropout_rng is not None and call.dropout_rate > 0.0,
+                        probs=call.return_probs, sequence_shards=sequence_shards(), dtype=dtype,
+                        length=call.q_BLHd.shape[1])
+  return choose_kernel(impl, needs).attend(call, causal)
 
 
 class KVCache(NamedTuple):
@@ -145,6 +139,7 @@ class MultiHeadAttention(nn.Module):
   """
   cfg: Any  # a TransformerConfig (lmjax/models/stack.py), which imports this module
   out_std: float
+  causal: bool = False  # a decoder's self-attention: queries see keys up to their own position
 
   @property
   def recording(self) -> bool:
@@ -154,11 +149,12 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LM: jax.Array | None, deterministic: bool, *,
                positions_BL: jax.Array | None = None, bias_BHLM: jax.Array | None = None,
-               rotation: Rotation | None = None,
+               rotation: Rotation | None = None, segment_ids_BL: jax.Array | None = None,
                cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-    """`rotation` turns queries and keys by their positions (RoPE). With a `cache`, the new keys and values are
-    written at `positions_BL` and the queries attend to the cache up to their own positions (`mask_B1LM` is unused;
-    `bias_BHLM` spans the M slots); returns (output, updated cache)."""
+    """`rotation` turns queries and keys by their positions (RoPE). `segment_ids_BL` are the ids `mask_B1LM` was
+    made from (None: one document per row), for implementations that mask tile by tile. With a `cache`, the new
+    keys and values are written at `positions_BL` and the queries attend to the cache up to their own positions
+    (`mask_B1LM` is unused; `bias_BHLM` spans the M slots); returns (output, updated cache)."""
     cfg = self.cfg
     B, L, D = x_BLD.shape
     H, K, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -188,13 +184,12 @@ class MultiHeadAttention(nn.Module):
         out_BLHd = fused_attention(q_BLHd, to_BMKd(cache.k_BKMd), to_BMKd(cache.v_BKMd), mask_B1LM)
       else:
         out_BLHd = cached_attention(q_BLHd, cache, mask_B1LM, bias_BHLM)
-    elif cfg.attention_impl == "jax" and not use_dropout and bias_BHLM is None and not self.recording:
-      out_BLHd = fused_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM)
     else:
       rng = self.make_rng("dropout") if use_dropout else None
-      out_BLHd = reference_attention(q_BLHd, k_BLKd, v_BLKd, mask_B1LM, rng, cfg.attention_dropout, bias_BHLM,
-                                     return_probs=self.recording)
-      if self.recording:  # the attention maps, for distillation; the fused op does not expose them
+      call = kernels.Call(q_BLHd, k_BLKd, v_BLKd, segment_ids_BL, mask_B1LM, bias_BHLM, rng,
+                          cfg.attention_dropout if use_dropout else 0.0, return_probs=self.recording)
+      out_BLHd = self_attention(cfg.attention_impl, call, causal=self.causal, dtype=cfg.dtype)
+      if self.recording:  # the attention maps, for distillation
         out_BLHd, probs_BHLM = out_BLHd
         self.sow("intermediates", "probs", probs_BHLM)
 

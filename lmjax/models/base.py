@@ -13,6 +13,8 @@ do, so that tasks, decoding and validation ask the family instead of testing nam
   sows_layers  records per-layer hidden states and attention maps when asked (distillation).
   fit_only     has no gradient training: fitted in one pass over the data (the n-gram model).
   classifies   has a sequence classifier on its pretrained body (`sequence_classifier`, `pretrained_subtrees`).
+  returns_hidden  can return its final hidden states and output weights instead of logits (`return_hidden=True`),
+               so losses over the vocabulary run a chunk of tokens at a time (train.loss_chunk_tokens).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ModelConfig:
   sows_layers: ClassVar[bool] = False
   fit_only: ClassVar[bool] = False
   classifies: ClassVar[bool] = False  # has a sequence_classifier (task='classification' fine-tunes it)
+  returns_hidden: ClassVar[bool] = False
   registered_name: ClassVar[str] = ""
 
   # --- the config section ---------------------------------------------------------------------------------------

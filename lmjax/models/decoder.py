@@ -17,6 +17,7 @@ from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache
 from lmjax.models.layers import classifier_head, dtype_of, normal_init
 from lmjax.models.stack import TransformerConfig, TransformerStack, empty_cache
+from lmjax.models.vocab_head import Hidden, VocabHead
 from lmjax.registry import MODELS
 
 
@@ -46,13 +47,18 @@ class Decoder(nn.Module):
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
                segment_ids_BL: jax.Array | None = None, deterministic: bool = True,
                cache: tuple[KVCache, ...] | None = None,
-               logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
+               logits_index_B: jax.Array | None = None,
+               return_hidden: bool = False) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
     """`logits_index_B` keeps one index of each row before the vocabulary projection (logits [B, 1, V]): a prefill
     needs only its last prompt token's logits, and the projection is the largest matmul of the model. An index
-    [B, K] keeps K positions of each row (logits [B, K, V]): the continuation a log-likelihood request scores."""
+    [B, K] keeps K positions of each row (logits [B, K, V]): the continuation a log-likelihood request scores.
+    `return_hidden` returns a `Hidden` (final hidden states and the head's weights) instead of the logits, for
+    losses computed a chunk of tokens at a time (lmjax/models/vocab_head.py)."""
     out = self.hidden(tokens_BL, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
                       deterministic=deterministic, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
+    if return_hidden:
+      return Hidden(x_BLD, self.vocab_head())
     if logits_index_B is not None:
       index_BK = logits_index_B[:, None] if logits_index_B.ndim == 1 else logits_index_B
       x_BLD = jnp.take_along_axis(x_BLD, index_BK[:, :, None], axis=1)
@@ -70,6 +76,14 @@ class Decoder(nn.Module):
       x_BLD = x_BLD * jnp.asarray(self.cfg.d_model ** 0.5, x_BLD.dtype)
     return self.stack(x_BLD, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL, deterministic=deterministic,
                       cache=cache)
+
+  def vocab_head(self) -> VocabHead:
+    """The output weights as [V, D]: the tied embedding, or the lm_head kernel transposed."""
+    # A masked row's logit becomes x.w - 1e9 rather than exactly -1e9: its probability is 0 in float32 either way.
+    bias_V = logit_mask.bias(self.cfg.vocab_size, self.cfg.logit_mask)
+    if self.cfg.tie_embeddings:
+      return VocabHead(self.embed.embedding, bias_V)
+    return VocabHead(self.lm_head.variables["params"]["kernel"].T, bias_V)
 
   # --- the cache interface of lmjax.decode ------------------------------------------------------------------------
 
@@ -122,3 +136,4 @@ class GptConfig(TransformerConfig):
   classifies: ClassVar[bool] = True
   decodes: ClassVar[bool] = True
   sows_layers: ClassVar[bool] = True
+  returns_hidden: ClassVar[bool] = True

@@ -26,6 +26,7 @@ from lmjax.models import logit_mask
 from lmjax.models.layers import (ACTIVATIONS, Norm, Projection, classifier_head, dtype_of, normal_init,
                                  zeros_init)
 from lmjax.models.stack import TransformerConfig, TransformerStack
+from lmjax.models.vocab_head import Hidden, VocabHead
 from lmjax.registry import MODELS
 
 
@@ -58,6 +59,9 @@ class Encoder(nn.Module):
     """x . embedding^T: logits over the vocabulary with the input embedding as output weights (tied)."""
     return self.embed.attend(x_BLD)
 
+  def embedding_VD(self) -> jax.Array:
+    return self.embed.embedding
+
 
 class Pooler(nn.Module):
   """tanh(W x_[CLS] + b): one vector per example for sentence-level heads (NSP, classification)."""
@@ -76,12 +80,17 @@ class MlmHead(nn.Module):
   cfg: "BertConfig"
 
   @nn.compact
-  def __call__(self, x_BPD: jax.Array, encoder: Encoder) -> jax.Array:
+  def __call__(self, x_BPD: jax.Array, encoder: Encoder, return_hidden: bool = False) -> jax.Array | Hidden:
     cfg = self.cfg
     h_BPD = Projection((cfg.d_model,), ("embed",), (None,), cfg.init_std, True, cfg.dtype, cfg.param_dtype,
                        name="transform")(x_BPD)
     # A gated MLP's gate nonlinearity stands in for its activation here: the head has a single projection.
     h_BPD = Norm(cfg, name="ln")(ACTIVATIONS.get(cfg.activation, ACTIVATIONS["gelu"])(h_BPD))
+    if return_hidden:
+      bias_V = self.param("bias", zeros_init("vocab"), (cfg.vocab_size,), dtype_of(cfg.param_dtype))
+      weight_VD = encoder.embedding_VD() if cfg.tie_embeddings else self.variables["params"]["decoder"]["kernel"].T
+      mask_V = logit_mask.bias(cfg.vocab_size, cfg.logit_mask)
+      return Hidden(h_BPD, VocabHead(weight_VD, bias_V if mask_V is None else bias_V.astype(jnp.float32) + mask_V))
     if cfg.tie_embeddings:
       logits_BPV = encoder.attend(h_BPD)
     else:
@@ -102,12 +111,14 @@ class Bert(nn.Module):
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, token_types_BL: jax.Array | None = None,
                segment_ids_BL: jax.Array | None = None, mlm_positions_BP: jax.Array | None = None,
-               deterministic: bool = True) -> dict[str, jax.Array]:
+               deterministic: bool = True, return_hidden: bool = False) -> dict[str, jax.Array]:
+    """With `return_hidden`, 'mlm_logits' is a `Hidden` (lmjax/models/vocab_head.py) instead of logits."""
     encoder = Encoder(self.cfg, name="encoder")
     x_BLD = encoder(tokens_BL, token_types_BL, segment_ids_BL, deterministic=deterministic)
     x_BPD = x_BLD if mlm_positions_BP is None else jnp.take_along_axis(x_BLD, mlm_positions_BP[:, :, None], axis=1)
-    mlm_logits_BPV = MlmHead(self.cfg, name="mlm_head")(x_BPD, encoder)
-    mlm_logits_BPV = nn.with_logical_constraint(mlm_logits_BPV, ("batch", "length", "vocab"))
+    mlm_logits_BPV = MlmHead(self.cfg, name="mlm_head")(x_BPD, encoder, return_hidden)
+    if not return_hidden:
+      mlm_logits_BPV = nn.with_logical_constraint(mlm_logits_BPV, ("batch", "length", "vocab"))
     pooled_BD = Pooler(self.cfg, name="pooler")(x_BLD)
     nsp_logits_B2 = Projection((2,), ("embed",), (None,), self.cfg.init_std, True, self.cfg.dtype,
                                self.cfg.param_dtype, name="nsp_head")(pooled_BD)
@@ -137,6 +148,7 @@ class BertConfig(TransformerConfig):
   interface: ClassVar[str] = "encoder"
   classifies: ClassVar[bool] = True
   sows_layers: ClassVar[bool] = True
+  returns_hidden: ClassVar[bool] = True
 
   @classmethod
   def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:

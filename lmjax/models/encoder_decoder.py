@@ -32,6 +32,7 @@ from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache, attention_mask
 from lmjax.models.layers import Projection, classifier_head, dtype_of, normal_init
 from lmjax.models.stack import StackNames, TransformerConfig, TransformerStack, empty_cache
+from lmjax.models.vocab_head import Hidden, VocabHead
 from lmjax.registry import MODELS
 
 # The parameter names of both sides (unchanged since the first encoder-decoder checkpoints).
@@ -76,8 +77,10 @@ class EncoderDecoder(nn.Module):
   def decode(self, targets_BL: jax.Array, cross_kv: tuple[KVCache, ...], cross_segment_ids_BS: jax.Array, *,
              target_segment_ids_BL: jax.Array | None = None, positions_BL: jax.Array | None = None,
              deterministic: bool = True, cache: tuple[KVCache, ...] | None = None,
-             logits_index_B: jax.Array | None = None) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
-    """Logits [B, L, V] of the tokens after each target input; over a `cache`, also the updated cache."""
+             logits_index_B: jax.Array | None = None,
+             return_hidden: bool = False) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
+    """Logits [B, L, V] of the tokens after each target input; over a `cache`, also the updated cache. With
+    `return_hidden`, a `Hidden` instead of the logits (lmjax/models/vocab_head.py)."""
     B, L = targets_BL.shape
     if cache is None and target_segment_ids_BL is not None:
       query_segments_BL = target_segment_ids_BL
@@ -87,10 +90,15 @@ class EncoderDecoder(nn.Module):
     out = self.decoder(self.target_embed(targets_BL), positions_BL=positions_BL, segment_ids_BL=target_segment_ids_BL,
                        deterministic=deterministic, cross=cross_kv, cross_mask_B1LS=cross_mask_B1LS, cache=cache)
     x_BLD, new_cache = (out, None) if cache is None else out
-    if logits_index_B is not None:
-      x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
     if self.cfg.scale_decoder_output:  # T5 v1.0: the output rescaled for its tied embedding
       x_BLD = x_BLD * jnp.asarray(self.cfg.d_model ** -0.5, x_BLD.dtype)
+    if return_hidden:
+      bias_V = logit_mask.bias(self.cfg.vocab_size, self.cfg.logit_mask)
+      weight_VD = (self.target_embed.embedding if self.cfg.tie_embeddings
+                   else self.lm_head.variables["params"]["kernel"].T)
+      return Hidden(x_BLD, VocabHead(weight_VD, bias_V))
+    if logits_index_B is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, logits_index_B[:, None, None], axis=1)
     logits_BLV = self.target_embed.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab")).astype(jnp.float32)
     logits_BLV = logit_mask.apply(logits_BLV, self.cfg.logit_mask)
@@ -100,7 +108,7 @@ class EncoderDecoder(nn.Module):
                source_segment_ids_BS: jax.Array | None = None,
                target_segment_ids_BL: jax.Array | None = None, deterministic: bool = True,
                source_positions_BS: jax.Array | None = None,
-               target_positions_BL: jax.Array | None = None) -> jax.Array:
+               target_positions_BL: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
     """Teacher forcing: logits [B, L, V] for every target input position. Several pairs packed into one row have
     segment ids 1, 2, ... on both sides and positions restarting at 0 for each. Without targets the source is fed
     to both sides, so the model initializes from one token array like the other architectures."""
@@ -111,7 +119,7 @@ class EncoderDecoder(nn.Module):
     enc_BSD = self.encode(source_BS, source_segment_ids_BS, deterministic, source_positions_BS)
     return self.decode(targets_BL, self.cross_kv(enc_BSD), source_segment_ids_BS,
                        target_segment_ids_BL=target_segment_ids_BL, positions_BL=target_positions_BL,
-                       deterministic=deterministic)
+                       deterministic=deterministic, return_hidden=return_hidden)
 
   def init_cache(self, batch: int, length: int) -> tuple[KVCache, ...]:
     """Empty self-attention caches of the decoder layers for `length` target positions."""
@@ -188,6 +196,7 @@ class EncoderDecoderConfig(TransformerConfig):
   interface: ClassVar[str] = "seq2seq"
   classifies: ClassVar[bool] = True
   decodes: ClassVar[bool] = True
+  returns_hidden: ClassVar[bool] = True
 
   @property
   def decoder_layers(self) -> int:

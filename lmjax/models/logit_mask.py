@@ -45,3 +45,14 @@ def apply(logits_BLV, field: str):
   masked_V = np.zeros(logits_BLV.shape[-1], bool)
   masked_V[list(ids)] = True
   return jnp.where(masked_V, jnp.asarray(MASKED_LOGIT, logits_BLV.dtype), logits_BLV)
+
+
+def bias(vocab_size: int, field: str):
+  """A [V] float32 bias that is MASKED_LOGIT on the named rows, for heads applied a chunk at a time; None when the
+  field is empty."""
+  ids = parse(field)
+  if not ids:
+    return None
+  bias_V = np.zeros(vocab_size, np.float32)
+  bias_V[list(ids)] = MASKED_LOGIT
+  return bias_V

@@ -27,13 +27,13 @@ import ml_collections
 from flax import linen as nn
 
 from lmjax import config as config_lib
-from lmjax.models import attention as attention_lib
 from lmjax.models.attention import CrossAttention, KVCache, MultiHeadAttention, attention_mask
 from lmjax.models import logit_mask
 from lmjax.models.base import ModelConfig
 from lmjax.models.layers import ACTIVATIONS, GATED_ACTIVATIONS, NORMS, Mlp, Norm
 from lmjax.models.positions import PositionSettings, Rotation
-from lmjax.registry import POSITIONS
+from lmjax.models.kernels import Needs
+from lmjax.registry import ATTENTION, POSITIONS
 
 REMAT_POLICIES = {
     "none": None,  # no rematerialization
@@ -60,7 +60,7 @@ class TransformerConfig(ModelConfig):
   use_bias: bool = True
   tie_embeddings: bool = True
   attention_dropout: float = 0.0
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"  # lmjax/models/kernels/: xla, cudnn, splash, pallas_gpu, flash, ring, auto (jax)
   remat: str = "none"  # recompute activations in the backward pass: 'none', 'full', or 'save_dots' (keep matmuls)
   # Options of imported checkpoints (lmjax/hf/); each default keeps lmjax's own models as they were.
   head_width: int = 0  # width of one attention head; 0: d_model // num_heads (Gemma and T5 v1.1 set their own)
@@ -128,13 +128,43 @@ class TransformerConfig(ModelConfig):
     if m.position not in POSITIONS:
       raise config_lib.ConfigError(POSITIONS.unknown_message(m.position) + ".")
     for field, choices in (("model.norm", NORMS), ("model.activation", (*ACTIVATIONS, *GATED_ACTIVATIONS)),
-                           ("model.attention_impl", attention_lib.IMPLEMENTATIONS),
                            ("model.remat", tuple(REMAT_POLICIES))):
       config_lib.one_of(cfg, field, choices)
     config_lib.at_least(cfg, "model.norm_eps", 0.0)
     logit_mask.validate(cfg)
     config_lib.in_unit_interval(cfg, "model.attention_dropout")
     POSITIONS.get(m.position).validate(cfg)
+    cls.validate_attention(cfg)
+
+  @classmethod
+  def validate_attention(cls, cfg: ml_collections.ConfigDict) -> None:
+    """model.attention_impl against what the model needs of it (position bias, dropout, dtype, mesh.sequence)."""
+    m = cfg.model
+    if m.attention_impl not in ATTENTION:
+      raise config_lib.ConfigError(ATTENTION.unknown_message(m.attention_impl) + ".")
+    shards = cfg.mesh.sequence
+    needs = Needs(bias=POSITIONS.get(m.position).adds_bias, dropout=m.attention_dropout > 0.0, dtype=m.dtype,
+                  sequence_shards=2 if shards == -1 else shards)
+    kernel = ATTENTION.get(m.attention_impl)
+    if needs.sequence_shards > 1:
+      kernel = ATTENTION.get("ring") if m.attention_impl == "auto" else kernel
+      if cfg.data.seq_len % max(shards, 1):
+        config_lib.fail("data.seq_len", cfg.data.seq_len, f"ring attention splits it over mesh.sequence={shards} "
+                        f"devices: use a multiple of {shards}")
+      lengths = config_lib.parse_lengths(cfg.train.extra_eval_seq_lens)
+      if any(n % max(shards, 1) for n in lengths):
+        config_lib.fail("train.extra_eval_seq_lens", cfg.train.extra_eval_seq_lens, f"ring attention splits "
+                        f"each over mesh.sequence={shards} devices: use multiples of {shards}")
+    why = kernel.unsupported(needs)
+    if why:
+      able = [n for n, k in ATTENTION.items() if n != "auto" and not k.unsupported(needs)]
+      reason = {"it adds no attention bias": f"it adds no attention bias, which model.position={m.position!r} "
+                                             f"needs",
+                "it has no attention dropout": f"it has no attention dropout (model.attention_dropout="
+                                               f"{m.attention_dropout})"}.get(why, why)
+      ran = f" (which runs 'ring' here)" if kernel.name != m.attention_impl else ""
+      config_lib.fail("model.attention_impl", m.attention_impl, f"{reason}{ran}; choose one of "
+                      f"{', '.join(able) or 'none: change the model'}")
 
   @classmethod
   def max_context(cls, section: Any) -> int | None:
@@ -150,6 +180,7 @@ class AttentionInputs(NamedTuple):
   bias_BHLM: jax.Array | None
   rotation: Rotation | None
   positions_BL: jax.Array
+  segment_ids_BL: jax.Array | None = None  # what mask_B1LM was made from, for kernels that mask tile by tile
 
 
 class CrossInputs(NamedTuple):
@@ -166,10 +197,11 @@ class Layer(nn.Module):
   cross_attention: bool = False
   attn_name: str = "attn"
   attn_norm_name: str = "ln_attn"
+  causal: bool = False
 
   def setup(self):
     cfg = self.cfg
-    self.attn = MultiHeadAttention(cfg, self.out_std, name=self.attn_name)
+    self.attn = MultiHeadAttention(cfg, self.out_std, self.causal, name=self.attn_name)
     self.attn_norm = Norm(cfg, name=self.attn_norm_name)
     if self.cross_attention:
       self.cross_attn = CrossAttention(cfg, self.out_std, name="cross_attn")
@@ -187,7 +219,8 @@ class Layer(nn.Module):
 
     def attend(h_BLD):
       out = self.attn(h_BLD, inputs.mask_B1LM, deterministic, positions_BL=inputs.positions_BL,
-                      bias_BHLM=inputs.bias_BHLM, rotation=inputs.rotation, cache=cache)
+                      bias_BHLM=inputs.bias_BHLM, rotation=inputs.rotation, segment_ids_BL=inputs.segment_ids_BL,
+                      cache=cache)
       if cache is None:
         return out
       new_cache.append(out[1])
@@ -252,8 +285,8 @@ class TransformerStack(nn.Module):
     # GPT-2 scales the init of projections that write into the residual stream by 1/sqrt(branches * layers).
     out_std = cfg.init_std / math.sqrt((3 if self.cross_attention else 2) * self.num_layers)
     layer = remat_layer(cfg.remat)
-    self.layers = [layer(cfg, out_std, self.cross_attention, names.attn, names.attn_norm, name=names.layer.format(i))
-                   for i in range(self.num_layers)]
+    self.layers = [layer(cfg, out_std, self.cross_attention, names.attn, names.attn_norm, self.causal,
+                         name=names.layer.format(i)) for i in range(self.num_layers)]
     if cfg.pre_norm:
       self.final_norm = Norm(cfg, name=names.final_norm)  # blocks normalize their inputs: the output needs it once
     elif self.normalize_embeddings:
@@ -296,7 +329,8 @@ class TransformerStack(nn.Module):
 
     mask_B1LM = attention_mask(segment_ids_BL, causal=self.causal, length=L) if cache is None else None
     inputs = AttentionInputs(mask_B1LM, self.positions.bias(positions_BL, kv_positions_BM),
-                             self.positions.rotation(positions_BL), positions_BL)
+                             self.positions.rotation(positions_BL), positions_BL,
+                             segment_ids_BL if cache is None else None)
     new_cache = []
     for i, layer in enumerate(self.layers):
       layer_cross = None if cross is None else CrossInputs(cross[i], cross_mask_B1LS)

@@ -104,6 +104,7 @@ class Task(abc.ABC):
   generates_text: ClassVar[bool] = False  # whether the trainer writes generated samples (a causal language model)
   predicts: ClassVar[bool] = False  # whether eval runs `predict` and scores the split with `data.score`
   evaluates_other_lengths: ClassVar[bool] = False  # whether train.extra_eval_seq_lens applies
+  chunked_loss: ClassVar[bool] = False  # whether train.loss_chunk_tokens applies (its loss reads a vocabulary head)
   sections: ClassVar[tuple[str, ...]] = ()  # the registered config sections it reads (lmjax.config.reads)
 
   # --- the config -------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
 from lmjax.models import model_config
 from lmjax.models.base import FitResult
+from lmjax.models.vocab_head import token_stats
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 
@@ -64,11 +65,13 @@ class CausalLmTask(Task):
   token_bytes_V: jax.Array | None = None  # UTF-8 bytes per token id, for bits per byte
   token_chars_V: jax.Array | None = None  # characters per token id, for bits per character
   fits: bool = False  # the model is fitted in one pass (model.fit) instead of trained
+  loss_chunk: int = 0  # train.loss_chunk_tokens: 0, the whole logits at once (lmjax/models/vocab_head.py)
 
   model_interface: ClassVar[str] = "next_token"
   accepts_fit_only: ClassVar[bool] = True
   generates_text: ClassVar[bool] = True
   evaluates_other_lengths: ClassVar[bool] = True
+  chunked_loss: ClassVar[bool] = True
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> LmData:
@@ -81,7 +84,7 @@ class CausalLmTask(Task):
     cfg = model_config(config, vocab.size)
     as_array = lambda x: None if x is None else jnp.asarray(x)
     return cls(cfg.build(), config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
-               fits=cfg.fit_only)
+               fits=cfg.fit_only, loss_chunk=config.train.loss_chunk_tokens)
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
     return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens) if self.fits else None
@@ -93,13 +96,16 @@ class CausalLmTask(Task):
     return {k: jax.ShapeDtypeStruct((batch_size, self.seq_len), dt) for k, dt in BATCH_DTYPES.items()}
 
   def logits(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> jax.Array:
+    """Logits [B, L, V]; with train.loss_chunk_tokens, a Hidden that `token_stats` projects chunk by chunk."""
     rngs = {"dropout": rng} if rng is not None else None
+    hidden = {"return_hidden": True} if self.loss_chunk else {}
     return self.model.apply({"params": params}, batch["inputs"], positions_BL=batch["positions"],
-                            segment_ids_BL=batch["segment_ids"], deterministic=deterministic, rngs=rngs)
+                            segment_ids_BL=batch["segment_ids"], deterministic=deterministic, rngs=rngs, **hidden)
 
   def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     logits_BLV = self.logits(params, batch, deterministic=False, rng=rng)
-    nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
+    nll_BL = token_stats(optax.softmax_cross_entropy_with_integer_labels, [logits_BLV], [batch["targets"]],
+                         chunk=self.loss_chunk)
     mask_BL = batch["loss_mask"]
     tokens = jnp.maximum(mask_BL.sum(), 1.0)
     loss = (nll_BL * mask_BL).sum() / tokens
@@ -108,9 +114,9 @@ class CausalLmTask(Task):
   def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     logits_BLV = self.logits(params, batch, deterministic=True)
     targets_BL, mask_BL = batch["targets"], batch["loss_mask"]
-    nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
-    sums = {"nll": (nll_BL * mask_BL).sum(), "tokens": mask_BL.sum(),
-            "correct": ((logits_BLV.argmax(-1) == targets_BL) * mask_BL).sum()}
+    nll_BL, hit_BL = token_stats(lambda logits, targets: (optax.softmax_cross_entropy_with_integer_labels(
+        logits, targets), logits.argmax(-1) == targets), [logits_BLV], [targets_BL], chunk=self.loss_chunk)
+    sums = {"nll": (nll_BL * mask_BL).sum(), "tokens": mask_BL.sum(), "correct": (hit_BL * mask_BL).sum()}
     if self.token_bytes_V is not None:
       sums["bytes"] = (self.token_bytes_V[targets_BL] * mask_BL).sum()
     if self.token_chars_V is not None:

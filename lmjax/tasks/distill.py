@@ -40,7 +40,8 @@ from lmjax.models.student_projections import PROJECTION, StudentWithProjections
 from lmjax.distill.teacher import Teacher, check_tokenizer, open_teacher, parse_layer_pairs, restore_params
 from lmjax.models import family
 from lmjax.models.base import ModelConfig
-from lmjax.registry import MODELS, TASKS
+from lmjax.models.vocab_head import token_stats
+from lmjax.registry import ATTENTION, MODELS, TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 from lmjax.tasks.causal_lm import CausalLmTask
 from lmjax.tasks.classification import ClassificationTask
@@ -102,6 +103,9 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     layered = [n for n, f in MODELS.items() if f.sows_layers]
     config_lib.fail("model.name", m.name, f"hidden-state and attention distillation match Transformer blocks "
                     f"({', '.join(layered)}); set distill.hidden_weight=0 and distill.attention_weight=0")
+  if k.attention_weight > 0 and not ATTENTION.get(m.attention_impl).probs:
+    config_lib.fail("model.attention_impl", m.attention_impl, f"distill.attention_weight={k.attention_weight} "
+                    f"matches attention maps, which it does not return; choose 'xla' or 'auto'")
   for _, student in pairs:
     if student >= m.num_layers:
       config_lib.fail("distill.layer_pairs", k.layer_pairs, f"student block {student} does not exist: the student "
@@ -194,6 +198,7 @@ class DistillTask(Task):
   teacher: Teacher | None
   offline_shapes: tuple[tuple[str, tuple[int, ...], str], ...] = ()  # (batch key, shape without B, dtype)
   mesh_rules: Any = None  # the config's logical-axis rules, for restoring an offline teacher's layers
+  loss_chunk: int = 0  # train.loss_chunk_tokens: the KL over the vocabulary a chunk of tokens at a time
 
   base_class: ClassVar[type[Task]]
 
@@ -204,6 +209,7 @@ class DistillTask(Task):
     base = cls.__dict__.get("base_class")
     if base is not None:
       cls.model_interface, cls.generates_text, cls.predicts = base.model_interface, base.generates_text, base.predicts
+      cls.chunked_loss = base.chunked_loss
       cls.sections = (*base.sections, "distill")
 
   # --- the config -------------------------------------------------------------------------------------------------
@@ -263,8 +269,9 @@ class DistillTask(Task):
       shapes = tuple((offline.batch_key(head, what), tuple(info["shape"][1:]), dtype)
                      for head, info in store.heads.items()
                      for what, dtype in (("values", "float16"), ("indices", info["index_dtype"])))
-    return cls(base, model, settings, HEADS[cls.base_class.registered_name].from_config(config), teacher, shapes,
-               sharding.logical_rules(config.mesh))
+    heads = HEADS[cls.base_class.registered_name].from_config(config, config.train.loss_chunk_tokens)
+    return cls(base, model, settings, heads, teacher, shapes, sharding.logical_rules(config.mesh),
+               config.train.loss_chunk_tokens)
 
   def init_args(self) -> tuple[jax.Array, ...]:
     return self.base.init_args()
@@ -332,10 +339,12 @@ class DistillTask(Task):
     total = jnp.zeros((), jnp.float32)
     for name, (logits, weights) in student_heads.items():
       if frozen is not None and name in teacher_heads:
-        kl = losses.soft_kl(logits, teacher_heads[name][0], T)
+        kl = token_stats(lambda s, t: losses.soft_kl(s, t, T), [logits, teacher_heads[name][0]],
+                         chunk=self.loss_chunk)
       elif frozen is None and offline.batch_key(name, "values") in batch:
-        kl = losses.top_k_kl(logits, batch[offline.batch_key(name, "values")],
-                             batch[offline.batch_key(name, "indices")], T)
+        kl = token_stats(lambda s, v, i: losses.top_k_kl(s, v, i, T), [logits],
+                         [batch[offline.batch_key(name, "values")], batch[offline.batch_key(name, "indices")]],
+                         chunk=self.loss_chunk)
       else:
         continue
       total = total + losses.weighted_mean(kl, weights)
@@ -391,7 +400,8 @@ class DistillTask(Task):
       name, (logits, weights) = next(iter(H.heads(H.run(self.base.model, params, batch, deterministic=True)[0],
                                                   batch).items()))
       teacher_logits = self.teacher.heads.heads(self._teacher(frozen, batch)[0], batch)[name][0]
-      sums["teacher_kl_sum"] = (losses.soft_kl(logits, teacher_logits, 1.0) * weights).sum()
+      kl = token_stats(lambda s, t: losses.soft_kl(s, t, 1.0), [logits, teacher_logits], chunk=self.loss_chunk)
+      sums["teacher_kl_sum"] = (kl * weights).sum()
       sums["teacher_kl_weight"] = weights.sum().astype(jnp.float32)
     return sums
 

@@ -26,6 +26,7 @@ from lmjax import config as config_lib
 from lmjax.data import mlm_pairs
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.models import model_config
+from lmjax.models.vocab_head import token_stats
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 
@@ -98,9 +99,11 @@ class MlmTask(Task):
   mlm_targets, mlm_weights [B, P]; nsp_labels [B]."""
   model: Any
   settings: mlm_pairs.MlmSettings
+  loss_chunk: int = 0  # train.loss_chunk_tokens (lmjax/models/vocab_head.py)
 
   model_interface: ClassVar[str] = "encoder"
   sections: ClassVar[tuple[str, ...]] = ("mlm",)
+  chunked_loss: ClassVar[bool] = True
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> MlmData:
@@ -111,7 +114,8 @@ class MlmTask(Task):
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "MlmTask":
-    return cls(model_config(config, vocab.size).build(), mlm_pairs.MlmSettings.from_config(config, vocab.size))
+    return cls(model_config(config, vocab.size).build(), mlm_pairs.MlmSettings.from_config(config, vocab.size),
+               config.train.loss_chunk_tokens)
 
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(shape, dtype)
@@ -124,12 +128,14 @@ class MlmTask(Task):
 
   def outputs(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> dict[str, jax.Array]:
     rngs = {"dropout": rng} if rng is not None else None
+    hidden = {"return_hidden": True} if self.loss_chunk else {}
     return self.model.apply({"params": params}, batch["inputs"], batch["token_types"], batch["segment_ids"],
-                            batch["mlm_positions"], deterministic=deterministic, rngs=rngs)
+                            batch["mlm_positions"], deterministic=deterministic, rngs=rngs, **hidden)
 
   def _nll(self, out: dict[str, jax.Array], batch) -> tuple[jax.Array, jax.Array]:
     """Per-prediction MLM [B, P] and per-example NSP [B] cross-entropies."""
-    mlm_BP = optax.softmax_cross_entropy_with_integer_labels(out["mlm_logits"], batch["mlm_targets"])
+    mlm_BP = token_stats(optax.softmax_cross_entropy_with_integer_labels, [out["mlm_logits"]],
+                         [batch["mlm_targets"]], chunk=self.loss_chunk)
     nsp_B = optax.softmax_cross_entropy_with_integer_labels(out["nsp_logits"], batch["nsp_labels"])
     return mlm_BP, nsp_B
 
@@ -147,10 +153,13 @@ class MlmTask(Task):
 
   def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     out = self.outputs(params, batch, deterministic=True)
-    mlm_BP, nsp_B = self._nll(out, batch)
+    nsp_B = optax.softmax_cross_entropy_with_integer_labels(out["nsp_logits"], batch["nsp_labels"])
+    mlm_BP, hit_BP = token_stats(lambda logits, targets: (optax.softmax_cross_entropy_with_integer_labels(
+        logits, targets), logits.argmax(-1) == targets), [out["mlm_logits"]], [batch["mlm_targets"]],
+        chunk=self.loss_chunk)
     weights_BP = batch["mlm_weights"]
     return {"mlm_nll": (mlm_BP * weights_BP).sum(), "mlm_tokens": weights_BP.sum(),
-            "mlm_correct": ((out["mlm_logits"].argmax(-1) == batch["mlm_targets"]) * weights_BP).sum(),
+            "mlm_correct": (hit_BP * weights_BP).sum(),
             "nsp_nll": nsp_B.sum(), "examples": jnp.asarray(nsp_B.shape[0], jnp.float32),
             "nsp_correct": (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum()}
 

@@ -1,10 +1,10 @@
 """Sequence to sequence (translation, summarization) with the encoder-decoder: task='seq2seq', model.name='encdec'.
 
-Training is teacher forcing on padded pairs, or with seq2seq.pack several pairs per row (lmjax.data.parallel): the decoder reads <bos> y and predicts y <eos>
-with label-smoothed cross-entropy (seq2seq.label_smoothing; the smoothed target puts 1 - eps on the true token and
-eps spread uniformly over the vocabulary, as in Vaswani et al.). Evaluation reports that loss, the unsmoothed NLL
-with its perplexity and token accuracy over the eval batches, and, through the predict/score hook, BLEU and chrF
-(SacreBLEU) or ROUGE of beam-search translations of the first seq2seq.eval_decode_examples eval pairs; the
+Training is teacher forcing on padded pairs, or with seq2seq.pack several pairs per row (lmjax.data.parallel): the
+decoder reads <bos> y and predicts y <eos> with label-smoothed cross-entropy (seq2seq.label_smoothing; the smoothed
+target puts 1 - eps on the true token and eps spread uniformly over the vocabulary less model.logit_mask, as in
+Vaswani et al.). Evaluation reports that loss, the unsmoothed NLL with its perplexity and token accuracy over the
+eval batches, and, through the predict/score hook, BLEU and chrF (SacreBLEU) or ROUGE of beam-search translations of the first seq2seq.eval_decode_examples eval pairs; the
 translations go to workdir/predictions/<split>_step<N>.jsonl and the scores with their signatures to
 <split>_step<N>.scores.json.
 """
@@ -30,7 +30,8 @@ from lmjax import decode, text_metrics
 from lmjax.data import parallel
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
-from lmjax.models import family, model_config
+from lmjax.models import family, logit_mask, model_config
+from lmjax.models.vocab_head import token_stats
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 
@@ -271,10 +272,15 @@ class Seq2seqTask(Task):
   length_penalty: float
   max_decode_len: int
   eval_decode_examples: int
+  loss_chunk: int = 0  # train.loss_chunk_tokens (lmjax/models/vocab_head.py)
+  # model.logit_mask's ids: rows with no probability, so smoothing spreads eps over the others (a share of eps on
+  # a row whose log-probability is -1e9 would add ~1e8 to the loss).
+  masked_ids: tuple[int, ...] = ()
 
   model_interface: ClassVar[str] = "seq2seq"
   predicts: ClassVar[bool] = True
   sections: ClassVar[tuple[str, ...]] = ("seq2seq",)
+  chunked_loss: ClassVar[bool] = True
 
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
@@ -296,7 +302,7 @@ class Seq2seqTask(Task):
     s = config.seq2seq
     return cls(model_config(config, vocab.size).build(), s.source_max_len, s.target_max_len,
                s.label_smoothing, s.beam_size, s.length_penalty, s.max_decode_len or s.target_max_len,
-               s.eval_decode_examples)
+               s.eval_decode_examples, config.train.loss_chunk_tokens, logit_mask.parse(config.model.logit_mask))
 
   def init_args(self) -> tuple[jax.Array, ...]:
     return jnp.zeros((1, self.source_len), jnp.int32), jnp.zeros((1, self.target_len), jnp.int32)
@@ -308,32 +314,42 @@ class Seq2seqTask(Task):
 
   def logits(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> jax.Array:
     rngs = {"dropout": rng} if rng is not None else None
+    hidden = {"return_hidden": True} if self.loss_chunk else {}
     return self.model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"], batch["input_segment_ids"],
                             batch["target_segment_ids"], deterministic=deterministic, rngs=rngs,
                             source_positions_BS=batch["input_positions"],
-                            target_positions_BL=batch["target_positions"])
+                            target_positions_BL=batch["target_positions"], **hidden)
 
-  def _losses(self, logits_BLV: jax.Array, targets_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token (smoothed, plain) cross-entropies [B, L]."""
+  def _token_losses(self, logits_BLV: jax.Array, targets_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token (smoothed, plain) cross-entropies and hits [B, L] of logits (or of a chunk of them)."""
     logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
     nll_BL = -jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
     eps = self.label_smoothing
-    smoothed_BL = (1.0 - eps) * nll_BL - eps * logp_BLV.mean(-1) if eps else nll_BL
-    return smoothed_BL, nll_BL
+    if self.masked_ids:
+      kept_V = np.ones(logp_BLV.shape[-1], np.float32)
+      kept_V[list(self.masked_ids)] = 0.0
+      uniform_BL = (logp_BLV * kept_V).sum(-1) / kept_V.sum()
+    else:
+      uniform_BL = logp_BLV.mean(-1)
+    smoothed_BL = (1.0 - eps) * nll_BL - eps * uniform_BL if eps else nll_BL
+    return smoothed_BL, nll_BL, logits_BLV.argmax(-1) == targets_BL
+
+  def _losses(self, logits_BLV, targets_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return token_stats(self._token_losses, [logits_BLV], [targets_BL], chunk=self.loss_chunk)
 
   def loss(self, params, batch, rng: jax.Array, frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    smoothed_BL, nll_BL = self._losses(self.logits(params, batch, deterministic=False, rng=rng), batch["targets"])
+    smoothed_BL, nll_BL, _ = self._losses(self.logits(params, batch, deterministic=False, rng=rng),
+                                          batch["targets"])
     mask_BL = (batch["target_segment_ids"] > 0).astype(jnp.float32)
     tokens = mask_BL.sum()
     loss = (smoothed_BL * mask_BL).sum() / jnp.maximum(tokens, 1.0)
     return loss, {"loss": loss, "nll": (nll_BL * mask_BL).sum() / jnp.maximum(tokens, 1.0), "tokens": tokens}
 
   def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
-    logits_BLV = self.logits(params, batch, deterministic=True)
-    smoothed_BL, nll_BL = self._losses(logits_BLV, batch["targets"])
+    smoothed_BL, nll_BL, hit_BL = self._losses(self.logits(params, batch, deterministic=True), batch["targets"])
     mask_BL = ((batch["target_segment_ids"] > 0) & (batch["index"][:, None] >= 0)).astype(jnp.float32)
     return {"smoothed": (smoothed_BL * mask_BL).sum(), "nll": (nll_BL * mask_BL).sum(), "tokens": mask_BL.sum(),
-            "correct": ((logits_BLV.argmax(-1) == batch["targets"]) * mask_BL).sum()}
+            "correct": (hit_BL * mask_BL).sum()}
 
   def summarize(self, sums: dict[str, float]) -> dict[str, float]:
     tokens = max(sums["tokens"], 1.0)

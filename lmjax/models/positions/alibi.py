@@ -39,6 +39,7 @@ def alibi_bias(positions_BL: jax.Array, num_heads: int, kv_positions_BM: jax.Arr
 
 @POSITIONS.register("alibi")
 class AlibiPositions(PositionEncoding):
+  adds_bias = True
 
   def bias(self, positions_BL: jax.Array, kv_positions_BM: jax.Array | None = None) -> jax.Array:
     return alibi_bias(positions_BL, self.cfg.num_heads, kv_positions_BM)

@@ -57,6 +57,7 @@ class PositionEncoding(nn.Module):
   bidirectional: bool = False  # whether keys after the query are seen (encoders); some biases tell them apart
 
   subtree: ClassVar[str] = "positions"
+  adds_bias: ClassVar[bool] = False  # whether `bias` returns an array (attention implementations must add it)
   Settings: ClassVar[type[PositionSettings]] = PositionSettings
   registered_name: ClassVar[str] = ""
 

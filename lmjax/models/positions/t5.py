@@ -51,6 +51,7 @@ def relative_position_bucket(relative_position: jax.Array, *, bidirectional: boo
 
 @POSITIONS.register("t5")
 class T5RelativeBias(PositionEncoding):
+  adds_bias = True
   subtree = "relative_bias"
   Settings = T5Settings
 
