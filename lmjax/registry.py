@@ -81,3 +81,5 @@ TASKS: Registry[Any] = Registry("task", "task")
 TOKENIZERS: Registry[Any] = Registry("tokenizer.kind", "tokenizer kind")
 # Config sections owned by one module each (mlm, finetune, seq2seq, distill, ...): lmjax.config.Section entries.
 SECTIONS: Registry[Any] = Registry("<section>", "config section")
+# Kinds of data source (data.source): local files, TFDS, Hugging Face datasets (lmjax/data/sources.py and beside it).
+SOURCES: Registry[Any] = Registry("data.source", "data source")

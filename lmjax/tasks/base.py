@@ -104,6 +104,7 @@ class Task(abc.ABC):
   generates_text: ClassVar[bool] = False  # whether the trainer writes generated samples (a causal language model)
   predicts: ClassVar[bool] = False  # whether eval runs `predict` and scores the split with `data.score`
   evaluates_other_lengths: ClassVar[bool] = False  # whether train.extra_eval_seq_lens applies
+  mixes_sources: ClassVar[bool] = False  # whether it trains on a weighted data.mixture (eval/<source> per source)
   sections: ClassVar[tuple[str, ...]] = ()  # the registered config sections it reads (lmjax.config.reads)
 
   # --- the config -------------------------------------------------------------------------------------------------
