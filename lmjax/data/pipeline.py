@@ -260,16 +260,39 @@ class _TrainBatch:
   def shift(self, epoch: int) -> int:
     return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_shift + 1))
 
-  def __call__(self, batch_index: int) -> Batch:
-    if self.sampling == "random":
-      return window_batch(self.split, self.random_starts(batch_index), self.seq_len)
-    position = batch_index * self.global_batch_size + self.local_offsets
+  def window_starts(self, position: np.ndarray) -> np.ndarray:
+    """Where windows number `position` of the concatenated epochs start in the stream."""
     epochs, offsets = np.divmod(position, self.num_windows)
     starts = np.empty_like(position)
     for epoch in np.unique(epochs):
       here = epochs == epoch
       starts[here] = self.shift(int(epoch)) + self._permutation(int(epoch))[offsets[here]] * self.seq_len
+    return starts
+
+  def __call__(self, batch_index: int) -> Batch:
+    if self.sampling == "random":
+      return window_batch(self.split, self.random_starts(batch_index), self.seq_len)
+    position = batch_index * self.global_batch_size + self.local_offsets
+    return window_batch(self.split, self.window_starts(position), self.seq_len)
+
+  def rows(self, index: np.ndarray) -> Batch:
+    """Windows number `index` of this split's own sequence (a mixture's rows from it): in epochs as above, or
+    with sampling='random' each at a uniform random token drawn from (seed, its index)."""
+    if self.sampling == "random":
+      high = self.split.num_tokens - self.seq_len
+      starts = np.asarray([np.random.default_rng([self.seed % 2**32, int(i), 4]).integers(0, high) for i in index],
+                          np.int64)
+    else:
+      starts = self.window_starts(np.asarray(index, np.int64))
     return window_batch(self.split, starts, self.seq_len)
+
+
+def window_rows(tokens: TokenizedSplit, seq_len: int, seed: int, sampling: str = "epochs") -> _TrainBatch:
+  """A cached split's windows by index (`.rows(index)`), for mixtures; checked like make_train_dataset's."""
+  if (tokens.num_tokens - 1) // seq_len < 1:
+    raise DataError(f"data.seq_len={seq_len} needs at least {seq_len + 1} tokens but split {tokens.name} has "
+                    f"{tokens.num_tokens}; lower data.seq_len or use more text")
+  return _TrainBatch(tokens, seq_len, 1, seed, 0, 1, sampling)
 
 
 def make_train_dataset(tokens: TokenizedSplit, seq_len: int, global_batch_size: int, seed: int,
