@@ -13,6 +13,7 @@ the checkpoint records the stream's position (`IterableDataset.state_dict`).
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import json
@@ -152,21 +153,26 @@ class HfStream(Split):
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, dataset: Any, split: str):
     self.data_cfg, self._dataset, self.split = data_cfg, dataset, split
+    self._start = copy.deepcopy(dataset.state_dict())
     self.fingerprint = f"hf-stream-{_safe(data_cfg.hf_name)}-{_safe(split)}"
 
   def dataset(self, process_index: int = 0, process_count: int = 1) -> Any:
+    """A fresh IterableDataset at the start of the stream (each reader moves its own); with several processes,
+    this process's share."""
+    dataset = copy.deepcopy(self._dataset)
+    dataset.load_state_dict(copy.deepcopy(self._start))
     if process_count == 1:
-      return self._dataset
+      return dataset
     from datasets.distributed import split_dataset_by_node  # pylint: disable=import-outside-toplevel
-    return split_dataset_by_node(self._dataset, rank=process_index, world_size=process_count)
+    return split_dataset_by_node(dataset, rank=process_index, world_size=process_count)
 
   def records(self) -> Iterator[Record]:
-    return iter(self._dataset)
+    return iter(self.dataset())
 
   def texts(self, key: str) -> Iterator[str]:
     check_column(self.data_cfg, self._dataset, key)
     where = f"data.hf_name={self.data_cfg.hf_name!r}"
-    return (text_of(record, key, where) for record in self._dataset)
+    return (text_of(record, key, where) for record in self.dataset())
 
   def __repr__(self) -> str:
     return f"data.hf_name={self.data_cfg.hf_name!r} split {self.split!r} (streaming)"

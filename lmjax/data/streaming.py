@@ -52,7 +52,7 @@ class StreamWindows:
     while True:
       if self._iterator is None:
         self._iterator = iter(self.dataset)
-      before = self.dataset.state_dict()
+      before = copy.deepcopy(self.dataset.state_dict())
       try:
         record = next(self._iterator)
       except StopIteration:
