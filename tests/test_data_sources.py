@@ -289,3 +289,30 @@ def test_classification_and_seq2seq_read_hf_records(tmp_path):
   c.seq2seq.source_lang, c.seq2seq.target_lang = "translation.de", "translation.en"
   validate(c)
   assert seq2seq.read_split_pairs(c, tmp_path / "d")["train"][3] == ("hallo 3", "hello 3")
+
+
+@pytest.mark.slow
+def test_training_on_a_mixture_with_a_stream_resumes_exactly_and_reports_each_source(shards, tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+  from lmjax import report, train  # pylint: disable=import-outside-toplevel
+  from lmjax.checkpoint import load_saved_state  # pylint: disable=import-outside-toplevel
+  from lmjax.writers import read_metrics  # pylint: disable=import-outside-toplevel
+  c = tiny.get_config()
+  c.data.seq_len = c.model.max_len = 16
+  c.data.mixture = (f"xs:1 source=files paths={shards['xs']}; "
+                    f"web:2 source=hf hf_name=json 'hf_data_files={shards['json']}' text_key=body hf_streaming=true")
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every, c.train.num_samples = 20, 10, 10, 0
+  c.train.eval_batches, c.train.plot, c.train.tensorboard = 2, False, False
+  c.data.data_dir = str(tmp_path / "data")
+  straight, resumed = tmp_path / "runs" / "straight", tmp_path / "runs" / "resumed"
+  train.train_and_evaluate(c, straight)
+  train.train_and_evaluate(c, resumed, stop_at=10)
+  train.train_and_evaluate(c, resumed)
+  a, b = (load_saved_state(w / "checkpoints")["params"] for w in (straight, resumed))
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  splits = {r["split"] for r in read_metrics(straight)}
+  assert {"eval", "eval/xs", "eval/web"} <= splits
+  table, _ = report.report(tmp_path / "runs")
+  assert "eval/xs/loss" in table and "eval/web/loss" in table

@@ -31,7 +31,7 @@ from lmjax.registry import SOURCES
 
 # The builders `datasets` packages for plain files: their data comes from data.hf_data_files.
 FILE_FORMATS = ("json", "parquet", "text", "csv", "arrow")
-INSTALL = "the Hugging Face datasets library is not installed: pip install 'lmjax[data]'"
+INSTALL = "the Hugging Face datasets library (pip install 'lmjax[data]')"
 
 
 def datasets_module() -> Any:
@@ -118,13 +118,28 @@ def check_column(data_cfg: ml_collections.ConfigDict, dataset: Any, key: str, fi
 
 
 class HfSplit(Split):
-  """A loaded (memory-mapped) split: records in order."""
+  """A loaded (memory-mapped) split: records in order. Loaded on first read, so a cache built from it (named by
+  the fingerprint alone) is found without loading: with data.hf_data_files the fingerprint comes from the files'
+  paths, sizes and times, like local text's; a hub dataset's from `datasets`' own fingerprint."""
 
-  def __init__(self, data_cfg: ml_collections.ConfigDict, dataset: Any, split: str):
-    self.data_cfg, self.dataset, self.split = data_cfg, dataset, split
-    key = json.dumps([data_cfg.hf_name, data_cfg.hf_config, split, dataset._fingerprint])  # pylint: disable=protected-access
+  def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, data_dir: Path):
+    self.data_cfg, self.split, self.data_dir = data_cfg, split, data_dir
+    self._dataset = None
+    if data_cfg.hf_data_files.strip():
+      files = parse_data_files(data_cfg.hf_data_files)
+      _check_split(data_cfg, split, sorted(files))
+      content = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files[split.split("[")[0]]]
+    else:
+      content = self.dataset._fingerprint  # pylint: disable=protected-access
+    key = json.dumps([data_cfg.hf_name, data_cfg.hf_config, split, data_cfg.text_key, content])
     self.fingerprint = (f"hf-{_safe(data_cfg.hf_name)}-{_safe(split)}-"
                         f"{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+
+  @property
+  def dataset(self) -> Any:
+    if self._dataset is None:
+      self._dataset = load(self.data_cfg, self.split, self.data_dir, streaming=False)
+    return self._dataset
 
   def __len__(self) -> int:
     return len(self.dataset)
@@ -215,4 +230,4 @@ class HfSource(SourceKind):
         raise DataError(f"split {split!r}: a streamed split cannot be sliced; give a split the dataset has, or set "
                         f"data.hf_streaming=False")
       return HfStream(data_cfg, load(data_cfg, split, data_dir, streaming=True), split)
-    return HfSplit(data_cfg, load(data_cfg, split, data_dir, streaming=False), split)
+    return HfSplit(data_cfg, split, data_dir)

@@ -134,9 +134,13 @@ class TokenWriter:
     self.total = 0
 
   def add(self, tokens: np.ndarray, sizes: np.ndarray) -> None:
-    self.starts.append(self.total + np.cumsum(sizes) - sizes)
-    self.total += int(tokens.shape[0])
     self.raw.write(tokens.astype(self.dtype, copy=False).tobytes())
+    self.add_sizes(sizes)
+
+  def add_sizes(self, sizes: np.ndarray) -> None:
+    """Documents of these sizes (in tokens) whose tokens were written to `raw` directly."""
+    self.starts.append(self.total + np.cumsum(sizes) - sizes)
+    self.total += int(sizes.sum())
 
   def finish(self, what: str) -> None:
     self.raw.close()
