@@ -302,12 +302,13 @@ def test_training_on_a_mixture_with_a_stream_resumes_exactly_and_reports_each_so
   c.data.seq_len = c.model.max_len = 16
   c.data.mixture = (f"xs:1 source=files paths={shards['xs']}; "
                     f"web:2 source=hf hf_name=json 'hf_data_files={shards['json']}' text_key=body hf_streaming=true")
-  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every, c.train.num_samples = 20, 10, 10, 0
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every, c.train.num_samples = 8, 4, 4, 0
+  c.train.log_every = 4
   c.train.eval_batches, c.train.plot, c.train.tensorboard = 2, False, False
   c.data.data_dir = str(tmp_path / "data")
   straight, resumed = tmp_path / "runs" / "straight", tmp_path / "runs" / "resumed"
   train.train_and_evaluate(c, straight)
-  train.train_and_evaluate(c, resumed, stop_at=10)
+  train.train_and_evaluate(c, resumed, stop_at=4)
   train.train_and_evaluate(c, resumed)
   a, b = (load_saved_state(w / "checkpoints")["params"] for w in (straight, resumed))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):

@@ -5,7 +5,7 @@ r"""Raw text to packed token cache: MB/s and peak memory, for char, byte, bpe (S
 The corpus is real text (the embedded King James Bible and Tiny Shakespeare) repeated with its paragraphs shuffled
 anew each time, written under /tmp until it holds --size_mb megabytes. Each measurement runs in its own process:
 this checkout's `pipeline.tokenize_split` of the train and validation splits (local files, paragraphs, streamed,
---workers tokenizing processes) on the whole corpus, and --baseline's (a checkout of the previous data path, e.g.
+--workers tokenizing processes) on the whole corpus (gpt2, lmjax's pure-Python BPE, on its first --gpt2_mb), and --baseline's (a checkout of the previous data path, e.g.
 `git archive <commit> | tar -x -C /tmp/lmjax_baseline`) on its first --baseline_mb megabytes: its memory grows with
 the corpus (it reads files whole) and it runs at well under 1 MB/s, so a 1 GB run would take hours. Peak RSS is
 the largest resident size of the measuring process and of any one of its worker processes.
@@ -31,6 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 KINDS = ("char", "byte", "bpe", "gpt2", "gpt2-rust")
+
+sys.path.insert(0, os.getcwd() if os.environ.get("PYTHONPATH") else str(REPO))
+from lmjax.hf.tokenizers import HfBpeTokenizer  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def make_corpus(path: Path, size_mb: int, seed: int = 0) -> Path:
@@ -85,25 +88,22 @@ def build_tokenizers(corpus: Path, directory: Path) -> dict[str, Path]:
   return dirs
 
 
-def rust_gpt2(tokenizer):
+class RustBpe(HfBpeTokenizer):
   """lmjax's hf_bpe tokenizer whose encode_batch runs the `tokenizers` library (the same vocabulary and merges)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from tokenizers import Tokenizer as RustTokenizer  # pylint: disable=import-outside-toplevel
-  from tokenizers import models, pre_tokenizers  # pylint: disable=import-outside-toplevel
 
-  class RustBpe(type(tokenizer)):
-    def __init__(self, vocab, merges, vocab_map, special_tokens):
-      super().__init__(vocab, merges, vocab_map, special_tokens)
-      self._rust = RustTokenizer(models.BPE(vocab=vocab, merges=merges))
-      self._rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  def __init__(self, vocab, merges, vocab_map, special_tokens):
+    from tokenizers import Tokenizer as RustTokenizer  # pylint: disable=import-outside-toplevel
+    from tokenizers import models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+    super().__init__(vocab, merges, vocab_map, special_tokens)
+    self._rust = RustTokenizer(models.BPE(vocab=vocab, merges=merges))
+    self._rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
-    def encode_batch(self, texts):
-      encoded = self._rust.encode_batch_fast(list(texts), add_special_tokens=False)
-      lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(encoded))
-      ids = np.fromiter((i for e in encoded for i in e.ids), np.int64, int(lengths.sum()))
-      return self._lmjax_of_hf[ids].astype(np.int32), lengths
-
-  return RustBpe(tokenizer.vocab, tokenizer.merges, tokenizer.vocab_map, tokenizer.special_tokens)
+  def encode_batch(self, texts):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    encoded = self._rust.encode_batch_fast(list(texts), add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(encoded))
+    ids = np.fromiter((i for e in encoded for i in e.ids), np.int64, int(lengths.sum()))
+    return self._lmjax_of_hf[ids].astype(np.int32), lengths
 
 
 def measure(kind: str, path: Path, tokenizer_dir: Path, data_dir: Path, workers: int) -> dict:
@@ -113,7 +113,7 @@ def measure(kind: str, path: Path, tokenizer_dir: Path, data_dir: Path, workers:
   import lmjax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   tokenizer = tokenizers.load_tokenizer(tokenizer_dir)
   if kind == "gpt2-rust":
-    tokenizer = rust_gpt2(tokenizer)
+    tokenizer = RustBpe(tokenizer.vocab, tokenizer.merges, tokenizer.vocab_map, tokenizer.special_tokens)
     with open(path, encoding="utf-8") as f:
       sample = [p for p in f.read(2_000_000).split("\n\n") if p.strip()]
     ids, _ = tokenizer.encode_batch(sample)
@@ -150,6 +150,7 @@ def main() -> None:
   parser.add_argument("--kinds", default=",".join(KINDS))
   parser.add_argument("--baseline", default="", help="a checkout of the previous data path")
   parser.add_argument("--baseline_mb", type=int, default=8)
+  parser.add_argument("--gpt2_mb", type=int, default=64, help="corpus prefix for gpt2 (pure-Python BPE, slow)")
   parser.add_argument("--tokenizers", default="/tmp/lmjax_prep_tokenizers")
   parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
   parser.add_argument("--path", default="", help=argparse.SUPPRESS)
@@ -164,20 +165,22 @@ def main() -> None:
 
   corpus = make_corpus(Path(args.corpus), args.size_mb)
   dirs = build_tokenizers(corpus, Path(args.tokenizers))
-  rows = []
+  print(f"corpus {corpus}: {corpus.stat().st_size / 1e6:,.0f} MB; {os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.1f} at the start\n")
+  print("| tokenizer | path | corpus MB | seconds | MB/s | tokens | peak RSS main MB | peak RSS worker MB |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+  def row(path: str, r: dict) -> None:
+    print(f"| {r['kind']} | {path} | {r['mb']:,.0f} | {r['seconds']:,.1f} | {r['mb'] / r['seconds']:,.2f} | "
+          f"{r['tokens']:,} | {r['rss_main_mb']:,.0f} | {r['rss_worker_mb']:,.0f} |", flush=True)
+
   for kind in args.kinds.split(","):
     if args.baseline and kind != "gpt2-rust":
-      rows.append(("previous", run_measure(Path(args.baseline), kind, prefix(corpus, args.baseline_mb), dirs[kind], 0)))
-    for workers in sorted({0, args.workers}):
-      rows.append((f"now, {workers} workers", run_measure(REPO, kind, corpus, dirs[kind], workers)))
-  print(f"corpus {corpus}: {corpus.stat().st_size / 1e6:,.0f} MB; {os.cpu_count()} cores, load "
-        f"{os.getloadavg()[0]:.1f} at the end\n")
-  print("| tokenizer | path | corpus MB | seconds | MB/s | tokens | peak RSS main MB | peak RSS worker MB |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|")
-  for path, r in rows:
-    print(f"| {r['kind']} | {path} | {r['mb']:,.0f} | {r['seconds']:,.1f} | {r['mb'] / r['seconds']:,.2f} | "
-          f"{r['tokens']:,} | {r['rss_main_mb']:,.0f} | {r['rss_worker_mb']:,.0f} |")
-
+      row("previous, in process", run_measure(Path(args.baseline), kind, prefix(corpus, args.baseline_mb),
+                                              dirs[kind], 0))
+    text = prefix(corpus, args.gpt2_mb) if kind == "gpt2" else corpus
+    row(f"now, {args.workers} workers", run_measure(REPO, kind, text, dirs[kind], args.workers))
+  print(f"\nload {os.getloadavg()[0]:.1f} at the end")
 
 if __name__ == "__main__":
   main()

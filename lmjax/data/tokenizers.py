@@ -221,9 +221,12 @@ class CharTokenizer(Tokenizer):
     self.chars = "".join(sorted(set(chars)))
     if any(len(c) != 1 for c in self.chars):
       raise ValueError("CharTokenizer: chars must be single characters")
-    # Sorted code points let encode map a whole text at once with searchsorted.
     self._codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
     self.vocab_size = NUM_SPECIAL + len(self.chars)
+    # A table over code points up to the largest known one maps a whole text at once; its last entry (and every
+    # larger code point, clipped to it) is <unk>.
+    self._table = np.full(int(self._codes.max()) + 2 if len(self._codes) else 1, UNK_ID, np.int32)
+    self._table[self._codes] = np.arange(len(self._codes), dtype=np.int32) + NUM_SPECIAL
 
   def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
@@ -231,10 +234,7 @@ class CharTokenizer(Tokenizer):
 
   def encode(self, text: str) -> np.ndarray:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    if not len(self._codes):
-      return np.full(len(codes), UNK_ID, np.int32)
-    pos = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
-    return np.where(self._codes[pos] == codes, pos + NUM_SPECIAL, UNK_ID).astype(np.int32)
+    return self._table[np.minimum(codes, self._table.shape[0] - 1)]
 
   def decode(self, ids: IdsLike) -> str:
     return self._codes[self._strip_specials(ids) - NUM_SPECIAL].tobytes().decode("utf-32-le")
