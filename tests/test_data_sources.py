@@ -112,6 +112,19 @@ def test_hf_files_read_in_order_and_streamed_windows_equal_cached_ones(shards, t
   assert len(eval_batches) == 2 and eval_batches[0]["loss_mask"].sum() > 0
 
 
+def test_streaming_processes_read_their_own_shards_and_resume(shards, tokenizer, tmp_path):
+  data = causal_lm.CausalLmTask.prepare_data(hf_config(shards, "parquet", True), tokenizer, tmp_path)
+  first, second = iter(data.train_dataset(0, 2)), iter(data.train_dataset(1, 2))
+  a, b = next(first), next(second)
+  assert a["inputs"].shape == (2, 16) and not np.array_equal(a["inputs"], b["inputs"])
+  for _ in range(20):  # past the end of this process's share: its second epoch
+    next(second)
+  state, want = second.get_state(), [next(second) for _ in range(8)]
+  restored = iter(data.train_dataset(1, 2))
+  restored.set_state(json.loads(json.dumps(state)))
+  assert same_batches([next(restored) for _ in range(8)], want)
+
+
 def test_cached_hf_resume_is_exact(shards, tokenizer, tmp_path):
   dataset = causal_lm.CausalLmTask.prepare_data(hf_config(shards, "parquet"), tokenizer, tmp_path).train_dataset(0, 1)
   before, restored = checkpointed(dataset, 9, tmp_path / "ckpt")

@@ -8,7 +8,8 @@ this checkout's `pipeline.tokenize_split` of the train and validation splits (lo
 --workers tokenizing processes) on the whole corpus (gpt2, lmjax's pure-Python BPE, on its first --gpt2_mb), and --baseline's (a checkout of the previous data path, e.g.
 `git archive <commit> | tar -x -C /tmp/lmjax_baseline`) on its first --baseline_mb megabytes: its memory grows with
 the corpus (it reads files whole) and it runs at well under 1 MB/s, so a 1 GB run would take hours. Peak RSS is
-the largest resident size of the measuring process and of any one of its worker processes.
+the largest resident size of the measuring process (its VmHWM) and of any one of its worker processes (their
+maxrss, which counts from the measuring process's size when they were spawned).
 
 `gpt2` is lmjax's GPT-2 tokenizer kind (hf_bpe, as lmjax.hf imports it) over a byte-level BPE trained here with the
 `tokenizers` library; `gpt2-rust` encodes the same vocabulary with `tokenizers` itself through the batch hook
@@ -126,9 +127,14 @@ def measure(kind: str, path: Path, tokenizer_dir: Path, data_dir: Path, workers:
   for split in ("train", "validation"):
     tokens += pipeline.tokenize_split(c.data, split, tokenizer, data_dir).num_tokens
   seconds = time.perf_counter() - start
-  rss = lambda who: resource.getrusage(who).ru_maxrss / 1024  # kB -> MB on Linux
   return {"kind": kind, "mb": path.stat().st_size / 1e6, "seconds": seconds, "tokens": tokens,
-          "rss_main_mb": rss(resource.RUSAGE_SELF), "rss_worker_mb": rss(resource.RUSAGE_CHILDREN)}
+          "rss_main_mb": peak_rss_mb(), "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def peak_rss_mb() -> float:
+  """This process's own high-water mark (VmHWM): getrusage's maxrss would carry the parent's over from the fork."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def run_measure(checkout: Path, kind: str, path: Path, tokenizer_dir: Path, workers: int) -> dict:
