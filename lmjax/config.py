@@ -264,10 +264,11 @@ def _validate_data(cfg: ml_collections.ConfigDict) -> None:
   for field, choices in (("data.document_split", DOCUMENT_SPLITS), ("data.sampling", SAMPLING_KINDS),
                          ("data.invalid_utf8", INVALID_UTF8_POLICIES)):
     one_of(cfg, field, choices)
+  defaults = base_config().data
   for name, kind in registry.SOURCES.items():  # a field only another kind reads must keep its default
     for field in kind.owned_fields:
       if name != d.source and field not in registry.SOURCES.get(d.source).owned_fields:
-        unused_with(cfg, f"data.{field}", base_config().data[field], f"only data.source={name!r} reads it")
+        unused_with(cfg, f"data.{field}", defaults[field], f"only data.source={name!r} reads it")
   registry.SOURCES.get(d.source).validate(cfg)
   if d.document_split in ("marker", "regex"):
     if not d.document_separator:
