@@ -330,3 +330,16 @@ def test_training_on_a_mixture_with_a_stream_resumes_exactly_and_reports_each_so
   assert {"eval", "eval/xs", "eval/web"} <= splits
   table, _ = report.report(tmp_path / "runs")
   assert "eval/xs/loss" in table and "eval/web/loss" in table
+
+
+def test_one_pass_over_local_text_gives_the_caches_of_each_split_alone(shards, tokenizer, tmp_path):
+  c = base_config()
+  c.data.source, c.data.paths, c.data.num_workers = "files", shards["xs"], 0
+  assert len(sources.open_split(c.data, "train", tmp_path / "alone")) == 180  # counted first: each split alone
+  for split in ("validation", "train"):  # in /one, the first call writes both caches in one pass
+    one = pipeline.tokenize_split(c.data, split, tokenizer, tmp_path / "one")
+    alone = pipeline.tokenize_split(c.data, split, tokenizer, tmp_path / "alone")
+    assert one.name == alone.name
+    np.testing.assert_array_equal(one.tokens, alone.tokens)
+    np.testing.assert_array_equal(one.doc_starts, alone.doc_starts)
+  assert json.loads(next((tmp_path / "one" / "local_text").glob("*/index.json")).read_text())["validation"] == 20

@@ -348,36 +348,51 @@ class LocalCorpus:
     for f in c.files:
       yield from iter_file_documents(Path(f), c.document_split, c.document_separator, c.invalid_utf8)
 
+  @property
+  def index_path(self) -> Path:
+    return self.data_dir / "local_text" / self.name / INDEX_FILE
+
   def index(self) -> dict[str, int]:
     """{'documents', 'chars', 'train', 'validation'}: counted once, then read from the index file."""
-    path = self.data_dir / "local_text" / self.name / INDEX_FILE
     try:
-      return json.loads(path.read_text())
+      return json.loads(self.index_path.read_text())
     except (OSError, ValueError):
       pass
-    c = self.config
     num_docs = num_chars = 0
     for doc in self.documents():
       num_docs += 1
       num_chars += len(doc)
+    index = self.record_index(num_docs, num_chars)
+    if index is None:  # too few documents: the text is cut by characters
+      index = {"documents": num_docs, "chars": num_chars, "train": 0, "validation": 0}
+      for split, _ in _cut_by_chars(self.documents(), num_chars, self.config.validation_fraction):
+        index[split] += 1
+      self._write_index(index)
+    return index
+
+  def record_index(self, num_docs: int, num_chars: int) -> dict[str, int] | None:
+    """Writes the index of a corpus of these counts when it splits by documents; None when it is cut by
+    characters instead (then the split sizes need another pass)."""
+    c = self.config
     if not num_docs:
       raise DataError(f"data.paths: the {len(c.files)} files hold no text with document_split="
                       f"{c.document_split!r}; point data.paths at non-blank text")
-    index = {"documents": num_docs, "chars": num_chars, "train": 0, "validation": 0}
-    if _by_documents(num_docs, c.validation_fraction):
-      index["validation"] = round(num_docs * c.validation_fraction)
-      index["train"] = num_docs - index["validation"]
-    else:
-      for split, _ in _cut_by_chars(self.documents(), num_chars, c.validation_fraction):
-        index[split] += 1
+    if not _by_documents(num_docs, c.validation_fraction):
+      return None
+    validation = round(num_docs * c.validation_fraction)
+    index = {"documents": num_docs, "chars": num_chars, "train": num_docs - validation, "validation": validation}
+    self._write_index(index)
+    return index
+
+  def _write_index(self, index: dict[str, int]) -> None:
     if not index["train"] or not index["validation"]:
-      raise DataError(f"data.validation_fraction={c.validation_fraction} leaves an empty split of "
-                      f"{num_docs} documents; use more text or another data.document_split")
+      raise DataError(f"data.validation_fraction={self.config.validation_fraction} leaves an empty split of "
+                      f"{index['documents']} documents; use more text or another data.document_split")
+    path = self.index_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{INDEX_FILE}.{os.getpid()}")
     tmp.write_text(json.dumps(index) + "\n")
     os.replace(tmp, path)
-    return index
 
   def split(self, split: str) -> Iterator[str]:
     """The documents of 'train' or 'validation', in file order (as split_train_validation splits them)."""

@@ -184,11 +184,62 @@ def tokenize_split(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: T
   in chunks, tokenized in data.num_workers processes, and appended to the cache as they come."""
   source = sources.open_split(data_cfg, split, data_dir)
   directory = cache_directory(data_dir, source, tokenizer)
+  if isinstance(source, sources.LocalSplit) and split in sources.LOCAL_SPLITS and not directory.joinpath(
+      "tokens.npy").exists():
+    _tokenize_local_splits(source, tokenizer, data_dir, data_cfg.num_workers)
   if not (directory / "tokens.npy").exists():
     dtype = _token_dtype(tokenizer.vocab_size)
     texts = source.texts(data_cfg.text_key)
     write_cache(directory, encoded_chunks(texts, EncodeChunk(tokenizer, dtype), data_cfg.num_workers), dtype)
   return load_tokenized(directory)
+
+
+def _tokenize_local_splits(source: sources.LocalSplit, tokenizer: Tokenizer, data_dir: str | os.PathLike,
+                           num_workers: int) -> None:
+  """Both caches of local text in one streamed pass, when neither exists and the corpus splits by documents:
+  every document is tokenized into one file, and the validation tail is then moved to its own cache (the split
+  is known only once the documents are counted). Otherwise nothing is written here and each split is read alone."""
+  corpus = source.corpus
+  dirs = {s: cache_directory(data_dir, sources.LocalSplit(corpus, s, source.source), tokenizer)
+          for s in sources.LOCAL_SPLITS}
+  if corpus.index_path.exists() or any((d / "tokens.npy").exists() for d in dirs.values()):
+    return
+  dtype, chars = _token_dtype(tokenizer.vocab_size), [0]
+
+  def counted() -> Iterator[str]:
+    for doc in corpus.documents():
+      chars[0] += len(doc)
+      yield doc
+
+  try:
+    with atomic_directory(dirs["train"]) as train:
+      writer = TokenWriter(train, dtype)
+      try:
+        for tokens, sizes in encoded_chunks(counted(), EncodeChunk(tokenizer, dtype), num_workers):
+          writer.add(tokens, sizes)
+      finally:
+        writer.raw.close()
+      starts = np.concatenate(writer.starts) if writer.starts else np.zeros(0, np.int64)
+      index = corpus.record_index(int(starts.shape[0]), chars[0])
+      if index is None:
+        raise _CutByCharacters()
+      boundary = int(starts[index["train"]])
+      with atomic_directory(dirs["validation"]) as validation:
+        with open(train / "tokens.bin", "rb") as raw, open(validation / "tokens.bin", "wb") as out:
+          raw.seek(boundary * dtype.itemsize)
+          shutil.copyfileobj(raw, out, length=16 << 20)
+        write_token_stream(validation / "tokens.bin", validation / "tokens.npy", dtype, writer.total - boundary)
+        np.save(validation / "doc_starts.npy", starts[index["train"]:] - boundary)
+      with open(train / "tokens.bin", "r+b") as raw:
+        raw.truncate(boundary * dtype.itemsize)
+      write_token_stream(train / "tokens.bin", train / "tokens.npy", dtype, boundary)
+      np.save(train / "doc_starts.npy", starts[:index["train"]])
+  except _CutByCharacters:
+    return
+
+
+class _CutByCharacters(Exception):
+  """The corpus has too few documents to split by them; each split is then read on its own."""
 
 
 def window_batch(split: TokenizedSplit, starts: np.ndarray, seq_len: int) -> Batch:

@@ -101,7 +101,8 @@ class LocalSplit(Split):
   """Documents of local text files, streamed (lmjax.data.local_text.LocalCorpus), optionally sliced."""
 
   def __init__(self, corpus: local_text.LocalCorpus, split: str, source: str):
-    self.corpus, self.split, self.fingerprint = corpus, split, f"{source}-{corpus.name}-{_safe(split)}"
+    self.corpus, self.split, self.source = corpus, split, source
+    self.fingerprint = f"{source}-{corpus.name}-{_safe(split)}"
 
   def ranges(self) -> list[tuple[str, int, int]]:
     """(base split, first, end) document ranges of the split spec, by TFDS's slicing rules ('train[:90%]')."""
