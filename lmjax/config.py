@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import shlex
 from typing import Any, Callable, Mapping
 
 import ml_collections
 
 from lmjax import registry
 
-DATA_SOURCES = ("embedded", "files", "tfds")
-DOCUMENT_SPLITS = ("file", "paragraph", "line")
+DOCUMENT_SPLITS = ("file", "paragraph", "line", "marker", "regex")
 SAMPLING_KINDS = ("epochs", "random")
 INVALID_UTF8_POLICIES = ("replace", "fail")
 OPTIMIZERS = ("adamw", "adam")
@@ -143,12 +144,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "validation"
   c.data.data_dir = ""
   c.data.document_split = "paragraph"
+  c.data.document_separator = ""  # document_split='marker': the line between documents ('%'); 'regex': a pattern
   c.data.validation_fraction = 0.1
   c.data.invalid_utf8 = "replace"
   c.data.seq_len = 256
   c.data.shuffle_seed = 0
   c.data.sampling = "epochs"  # 'epochs': every window once per epoch; 'random': uniform random offsets (nanoGPT)
-  c.data.num_workers = 0
+  c.data.num_workers = 0  # tokenizing worker processes; 0: tokenize in this process
+  # data.source='hf' (Hugging Face datasets): a hub name, a local directory, or 'json'/'parquet'/'text' with files.
+  c.data.hf_name = ""
+  c.data.hf_config = ""  # the dataset's configuration (subset), e.g. 'wikitext-103-raw-v1'
+  c.data.hf_data_files = ""  # 'glob' (the train split) or 'train=glob,validation=glob'
+  c.data.hf_streaming = False  # iterate without downloading the whole set; the checkpoint records the position
+  # Weighted sources: 'name:weight [field=value ...]; ...', each entry a data.source with its own fields (docs/data.md)
+  c.data.mixture = ""
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.kind = "byte"
@@ -262,17 +271,53 @@ def _check_types(cfg: ml_collections.ConfigDict, ref: ml_collections.ConfigDict,
 
 def _validate_data(cfg: ml_collections.ConfigDict) -> None:
   d = cfg.data
-  for field, choices in (("data.source", DATA_SOURCES), ("data.document_split", DOCUMENT_SPLITS),
-                         ("data.sampling", SAMPLING_KINDS), ("data.invalid_utf8", INVALID_UTF8_POLICIES)):
+  if d.source not in registry.SOURCES:
+    raise ConfigError(registry.SOURCES.unknown_message(d.source) + ".")
+  for field, choices in (("data.document_split", DOCUMENT_SPLITS), ("data.sampling", SAMPLING_KINDS),
+                         ("data.invalid_utf8", INVALID_UTF8_POLICIES)):
     one_of(cfg, field, choices)
-  if d.source == "files" and not d.paths.strip():
-    fail("data.paths", d.paths, "data.source='files' needs a file, glob or comma-separated list")
-  if d.source == "tfds" and not d.tfds_name.strip():
-    fail("data.tfds_name", d.tfds_name, "data.source='tfds' needs a TFDS dataset name, e.g. 'lm1b'")
+  defaults = base_config().data
+  for name, kind in registry.SOURCES.items():  # a field only another kind reads must keep its default
+    for field in kind.owned_fields:
+      if name != d.source and field not in registry.SOURCES.get(d.source).owned_fields:
+        unused_with(cfg, f"data.{field}", defaults[field], f"only data.source={name!r} reads it")
+  registry.SOURCES.get(d.source).validate(cfg)
+  if d.document_split in ("marker", "regex"):
+    if not d.document_separator:
+      fail("data.document_separator", d.document_separator, f"data.document_split={d.document_split!r} needs the "
+           f"{'marker line' if d.document_split == 'marker' else 'regular expression'} between documents")
+    if d.document_split == "regex":
+      try:
+        re.compile(d.document_separator)
+      except re.error as e:
+        fail("data.document_separator", d.document_separator, f"not a regular expression ({e})")
+  else:
+    unused_with(cfg, "data.document_separator", "", "only data.document_split='marker' or 'regex' reads it")
   if not 0.0 < d.validation_fraction < 1.0:
     fail("data.validation_fraction", d.validation_fraction, "must be strictly between 0 and 1")
   at_least(cfg, "data.seq_len", 1)
   at_least(cfg, "data.num_workers", 0)
+  if d.mixture.strip():
+    _validate_mixture(cfg)
+
+
+def _validate_mixture(cfg: ml_collections.ConfigDict) -> None:
+  """Each entry is validated as the data section it makes (the parent's fields with the entry's on top)."""
+  try:
+    entries = parse_mixture(cfg.data.mixture)
+  except ValueError as e:
+    fail("data.mixture", cfg.data.mixture, str(e))
+  task = registry.TASKS.get(cfg.task)
+  if not task.mixes_sources:
+    mixing = ", ".join(n for n, t in registry.TASKS.items() if t.mixes_sources)
+    fail("data.mixture", cfg.data.mixture, f"task={cfg.task!r} reads one source; mixtures are for {mixing}")
+  for entry in entries:
+    entry_cfg = ml_collections.ConfigDict(cfg.to_dict())
+    entry_cfg.data = mixture_entry_data(cfg.data, entry)
+    try:
+      _validate_data(entry_cfg)
+    except ConfigError as e:
+      raise ConfigError(f"config.data.mixture entry {entry.name!r}: {e}") from None
 
 
 def _validate_tokenizer(cfg: ml_collections.ConfigDict) -> None:
@@ -443,3 +488,85 @@ def parse_step_range(text: str) -> tuple[int, int] | None:
 def parse_lengths(text: str) -> list[int]:
   """'512, 1024' -> [512, 1024]; '' -> []."""
   return [int(part) for part in text.split(",") if part.strip()]
+
+
+# --- data.mixture -----------------------------------------------------------------------------------------------------
+
+# The data fields a mixture entry may set: what a source is and how it splits. The rest (seq_len, sampling, ...) are
+# the run's, shared by every entry.
+MIXTURE_FIELDS = ("source", "paths", "tfds_name", "text_key", "train_split", "eval_split", "document_split",
+                  "document_separator", "validation_fraction", "invalid_utf8", "hf_name", "hf_config",
+                  "hf_data_files", "hf_streaming")
+_MIXTURE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureEntry:
+  name: str  # names the source in metrics (eval/<name>) and caches
+  weight: float  # relative; the weights are normalized to sum to 1
+  overrides: Mapping[str, Any]  # data fields of this source
+
+
+def parse_mixture(text: str) -> list[MixtureEntry]:
+  """'web:3 source=hf hf_name=json hf_data_files=web/*.jsonl; books:1 paths=books/*.txt' -> entries. Entries are
+  separated by ';', values may be quoted as in a shell; fields not given are the data section's. ValueError with
+  what is wrong (one line) otherwise."""
+  lexer = shlex.shlex(text, posix=True, punctuation_chars=";")
+  lexer.whitespace_split = True
+  try:
+    tokens = list(lexer)
+  except ValueError as e:
+    raise ValueError(f"cannot be read ({e}); give 'name:weight field=value ...; name:weight ...'") from None
+  groups, current = [], []
+  for token in tokens:
+    if set(token) == {";"}:
+      groups.append(current)
+      current = []
+    else:
+      current.append(token)
+  groups.append(current)
+  entries, defaults = [], base_config().data
+  for group in (g for g in groups if g):
+    head, *fields = group
+    name, sep, weight_text = head.partition(":")
+    if not sep or not _MIXTURE_NAME.fullmatch(name):
+      raise ValueError(f"entry {' '.join(group)!r} must start with name:weight, the name of letters, digits, '_', "
+                       f"'.' or '-' (e.g. 'web:0.7')")
+    try:
+      weight = float(weight_text)
+    except ValueError:
+      weight = math.nan
+    if not math.isfinite(weight) or weight <= 0:
+      raise ValueError(f"entry {name!r} has weight {weight_text!r}; a weight is a positive number")
+    overrides: dict[str, Any] = {}
+    for item in fields:
+      field, eq, value = item.partition("=")
+      if not eq or field not in MIXTURE_FIELDS:
+        raise ValueError(f"entry {name!r}: {item!r} is not field=value with a field of {', '.join(MIXTURE_FIELDS)}")
+      want = type(defaults[field])
+      if want is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(f"entry {name!r}: {field}={value!r} must be true or false")
+        overrides[field] = value.lower() in ("true", "1")
+      else:
+        try:
+          overrides[field] = want(value)
+        except ValueError:
+          raise ValueError(f"entry {name!r}: {field}={value!r} must be a {want.__name__}") from None
+    entries.append(MixtureEntry(name, weight, overrides))
+  if not entries:
+    raise ValueError("names no source; give 'name:weight field=value ...; name:weight ...'")
+  names = [e.name for e in entries]
+  if len(set(names)) != len(names):
+    raise ValueError(f"names a source twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); give "
+                     f"each entry its own name")
+  return entries
+
+
+def mixture_entry_data(data: ml_collections.ConfigDict, entry: MixtureEntry) -> ml_collections.ConfigDict:
+  """The data section of one entry: the run's, with the entry's fields and no mixture."""
+  section = ml_collections.ConfigDict(data.to_dict())
+  section.mixture = ""
+  for field, value in entry.overrides.items():
+    section[field] = value
+  return section

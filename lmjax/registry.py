@@ -83,3 +83,5 @@ TOKENIZERS: Registry[Any] = Registry("tokenizer.kind", "tokenizer kind")
 ATTENTION: Registry[Any] = Registry("model.attention_impl", "attention implementation")
 # Config sections owned by one module each (mlm, finetune, seq2seq, distill, ...): lmjax.config.Section entries.
 SECTIONS: Registry[Any] = Registry("<section>", "config section")
+# Kinds of data source (data.source): local files, TFDS, Hugging Face datasets (lmjax/data/sources.py and beside it).
+SOURCES: Registry[Any] = Registry("data.source", "data source")

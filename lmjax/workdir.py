@@ -16,7 +16,8 @@ from lmjax.config import ConfigError, base_config, flatten
 # What fixes the shapes of the saved state and the meaning of token ids: changing any of these under an existing
 # checkpoint would either fail to restore or continue a different model.
 IDENTITY_SECTIONS = ("model", "tokenizer")
-IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), ("data", "tfds_name"))
+IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), ("data", "tfds_name"),
+                   ("data", "hf_name"), ("data", "hf_data_files"), ("data", "hf_streaming"), ("data", "mixture"))
 # Model fields that change how the step computes the same function, never the parameters: a resumed run may switch.
 COMPUTE_FIELDS = ("model.attention_impl",)
 

@@ -32,7 +32,7 @@ LAYERS = (
     ("programs", ("lmjax.step", "lmjax.programs", "lmjax.memory_check")),
     ("trainer", ("lmjax.train",)),
     ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.evaluate",
-                  "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config",
+                  "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config", "lmjax.prepare_beam",
                   "lmjax.distill.precompute")),
 )
 

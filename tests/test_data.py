@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from lmjax.config import base_config
 from lmjax.data import local_text, pipeline, sources
 from lmjax.data.local_text import DataError
 from lmjax.data.pipeline import TokenizedSplit
@@ -19,10 +20,8 @@ from lmjax.data.tokenizers import BOS_ID, EOS_ID, build_tokenizer
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(dict(
-      source="files", paths="", tfds_name="", text_key="text", train_split="train", eval_split="validation",
-      data_dir="", document_split="paragraph", validation_fraction=0.1, invalid_utf8="replace", seq_len=16,
-      shuffle_seed=0, num_workers=0))
+  cfg = base_config().data
+  cfg.update(dict(source="files", seq_len=16))
   cfg.update(overrides)
   return cfg
 
@@ -61,7 +60,7 @@ def test_split_is_deterministic_tail_in_file_order(tmp_path, corpus):
   again = read_split(corpus, "train", tmp_path / "d2"), read_split(corpus, "validation", tmp_path / "d2")
   assert again == (train, val)
   source = sources.open_split(corpus, "validation", tmp_path / "d1")
-  assert [source.records[i]["index"] for i in range(len(source))] == list(range(4))
+  assert len(source) == 4 and [r["text"] for r in source.records()] == DOCS[36:]
 
 
 def test_single_document_is_split_at_a_line_boundary(tmp_path):
@@ -79,9 +78,10 @@ def test_line_and_paragraph_documents():
 
 def test_changing_a_file_invalidates_the_cache(tmp_path, corpus):
   before = sources.open_split(corpus, "train", tmp_path / "data")
+  assert len(before) == 36  # counted once, kept in the index
   write_docs(tmp_path / "a.txt", ["a new first document"] + DOCS[1:25])
   after = sources.open_split(corpus, "train", tmp_path / "data")
-  assert after.fingerprint != before.fingerprint and after[0] == "a new first document"
+  assert after.fingerprint != before.fingerprint and next(after.documents()) == "a new first document"
   assert len(list((tmp_path / "data" / "local_text").iterdir())) == 2  # both versions side by side
   assert sources.open_split(corpus, "train", tmp_path / "data").fingerprint == after.fingerprint
 
@@ -107,7 +107,7 @@ def test_missing_and_empty_files_fail_naming_data_paths(tmp_path):
   assert local_text.resolve_paths(f"{tmp_path}/sub/*.txt,{tmp_path}/ok.txt") == [(tmp_path / "ok.txt").resolve()]
   (tmp_path / "blank.txt").write_text("  \n\n\t\n")
   with pytest.raises(DataError) as e:
-    sources.open_split(data_config(paths=str(tmp_path / "blank.txt")), "train", tmp_path / "data")
+    read_split(data_config(paths=str(tmp_path / "blank.txt")), "train", tmp_path / "data")
   assert "data.paths" in one_line(e) and "no text" in str(e.value)
 
 
@@ -117,18 +117,18 @@ def test_invalid_utf8_replace_or_fail(tmp_path):
   assert read_split(cfg, "train", tmp_path / "r") == ["hello\ufffd world"]
   cfg.invalid_utf8 = "fail"
   with pytest.raises(DataError) as e:
-    sources.open_split(cfg, "train", tmp_path / "f")
+    read_split(cfg, "train", tmp_path / "f")
   assert "bad.txt" in one_line(e) and "byte offset 5" in str(e.value) and "data.invalid_utf8" in str(e.value)
-  assert not list((tmp_path / "f").glob("local_text/*/1.0.0"))  # nothing half-prepared is left to reuse
+  assert not list((tmp_path / "f").glob("local_text/*/*"))  # nothing half-prepared is left to reuse
 
 
-def test_embedded_source_goes_through_the_local_builder(tmp_path):
+def test_embedded_source_is_read_like_local_files(tmp_path):
   cfg = data_config(source="embedded")
   train = sources.open_split(cfg, "train", tmp_path)
   val = sources.open_split(cfg, "validation", tmp_path)
   assert len(train) > 0 and len(val) > 0 and train.fingerprint.startswith("embedded-")
   assert sources.open_split(cfg, "train", tmp_path).fingerprint == train.fingerprint  # not rewritten
-  assert list(sources.iter_texts(cfg, "train", tmp_path, max_docs=3)) == [train[0], train[1], train[2]]
+  assert list(sources.iter_texts(cfg, "train", tmp_path, max_docs=3)) == list(train.documents())[:3]
 
 
 def test_tfds_source_reads_prepared_and_explains_unprepared(tmp_path, corpus):

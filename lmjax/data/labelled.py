@@ -165,6 +165,24 @@ def read_tsv(path: str | os.PathLike, text_fields: str | Sequence[str], label_fi
   return examples
 
 
+def record_example(record: Any, fields: Sequence[str], label_field: str | None, task: str, where: str) -> Example:
+  """An example from one JSON object or dataset record (a JSONL line, a Hugging Face row)."""
+  if not isinstance(record, dict):
+    raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  for setting, name in [("text_fields", f) for f in fields] + [("label_field", label_field)]:
+    if name is not None and name not in record:
+      raise DataError(f"{where}: key {name!r} ({setting}) is missing; the object has {sorted(record)}")
+  for name in fields:
+    if not isinstance(record[name], str):
+      raise DataError(f"{where}: text field {name!r} is {type(record[name]).__name__}, not a string")
+  example: Example = {"text_a": record[fields[0]]}
+  if len(fields) == 2:
+    example["text_b"] = record[fields[1]]
+  label = record[label_field] if label_field else None
+  example["label"] = None if label is None else _label(label, task, where, label_field)
+  return example
+
+
 def read_jsonl(path: str | os.PathLike, text_fields: str | Sequence[str], label_field: str | None = "label",
                task: str = "classification") -> list[Example]:
   """One JSON object per line; blank lines are skipped."""
@@ -179,21 +197,16 @@ def read_jsonl(path: str | os.PathLike, text_fields: str | Sequence[str], label_
       record = json.loads(line)
     except json.JSONDecodeError as e:
       raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-      raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for setting, name in [("text_fields", f) for f in fields] + [("label_field", label_field)]:
-      if name is not None and name not in record:
-        raise DataError(f"{where}: key {name!r} ({setting}) is missing; the object has {sorted(record)}")
-    for name in fields:
-      if not isinstance(record[name], str):
-        raise DataError(f"{where}: text field {name!r} is {type(record[name]).__name__}, not a string")
-    example: Example = {"text_a": record[fields[0]]}
-    if len(fields) == 2:
-      example["text_b"] = record[fields[1]]
-    label = record[label_field] if label_field else None
-    example["label"] = None if label is None else _label(label, task, where, label_field)
-    examples.append(example)
+    examples.append(record_example(record, fields, label_field, task, where))
   return examples
+
+
+def records_examples(records: Iterable[Any], text_fields: str | Sequence[str], label_field: str | None,
+                     task: str, name: str) -> list[Example]:
+  """Examples from dataset records (any data.source, through lmjax.data.sources.iter_records)."""
+  _check_task(task)
+  fields = _fields(text_fields)
+  return [record_example(r, fields, label_field, task, f"{name} record {i}") for i, r in enumerate(records)]
 
 
 def read_examples(path: str | os.PathLike, text_fields: str | Sequence[str], label_field: str | None = "label",

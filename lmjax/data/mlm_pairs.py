@@ -98,34 +98,39 @@ class SentenceSplit:
 
 
 class _EncodeSentences:
-  """Picklable (grain workers): a document -> (its sentences' tokens concatenated, each sentence's length)."""
+  """Picklable (worker processes): a chunk of documents -> for each document with text, its sentences' tokens
+  concatenated and each sentence's length (documents without a sentence are left out)."""
 
   def __init__(self, tokenizer: Tokenizer, dtype: np.dtype):
     self.tokenizer, self.dtype = tokenizer, dtype
 
-  def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-    pieces = [np.asarray(self.tokenizer.encode(s), self.dtype) for s in split_sentences(text)]
-    pieces = [p for p in pieces if p.size]
-    lengths = np.asarray([p.size for p in pieces], np.int64)
-    return (np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)), lengths
+  def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [N], sentence lengths [S], sentences per document [D]), empty sentences dropped."""
+    per_doc = [split_sentences(text) for text in texts]
+    ids, lengths = self.tokenizer.encode_batch([s for doc in per_doc for s in doc])
+    counts = np.fromiter(map(len, per_doc), np.int64, len(per_doc))
+    doc_of = np.repeat(np.arange(len(per_doc)), counts)
+    keep = lengths > 0
+    sentences_per_doc = np.bincount(doc_of[keep], minlength=len(per_doc))
+    return ids.astype(self.dtype), lengths[keep], sentences_per_doc[sentences_per_doc > 0]
 
 
-def _write_cache(directory: Path, documents: Iterator[tuple[np.ndarray, np.ndarray]], dtype: np.dtype) -> None:
+def _write_cache(directory: Path, chunks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 dtype: np.dtype) -> None:
   with pipeline.atomic_directory(directory) as tmp:
     lengths, doc_sizes, total = [], [], 0
     with open(tmp / "tokens.bin", "wb") as raw:
-      for ids, sentence_lengths in documents:
-        if sentence_lengths.size == 0:
-          continue  # a document without text
+      for ids, sentence_lengths, sentences_per_doc in chunks:
         raw.write(ids.tobytes())
         total += ids.size
         lengths.append(sentence_lengths)
-        doc_sizes.append(sentence_lengths.size)
-    if not doc_sizes:
-      raise DataError(f"{directory.name}: the split has no sentences; check data.paths / data.tfds_name and splits")
+        doc_sizes.append(sentences_per_doc)
+    if not doc_sizes or not sum(d.size for d in doc_sizes):
+      raise DataError(f"{directory.name}: the split has no sentences; check data.paths / data.tfds_name / "
+                      f"data.hf_name and the splits")
     pipeline.write_token_stream(tmp / "tokens.bin", tmp / "tokens.npy", dtype, total)
     np.save(tmp / "sentence_starts.npy", np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64))
-    np.save(tmp / "doc_starts.npy", np.concatenate([[0], np.cumsum(doc_sizes)]).astype(np.int64))
+    np.save(tmp / "doc_starts.npy", np.concatenate([[0], np.cumsum(np.concatenate(doc_sizes))]).astype(np.int64))
 
 
 def load_sentences(directory: str | os.PathLike) -> SentenceSplit:
@@ -136,15 +141,16 @@ def load_sentences(directory: str | os.PathLike) -> SentenceSplit:
 
 def tokenize_sentences(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer,
                        data_dir: str | os.PathLike) -> SentenceSplit:
-  """Splits and tokenizes every document of `split` once; later calls load the cache."""
+  """Splits and tokenizes every document of `split` once (streamed, in data.num_workers processes); later calls
+  load the cache."""
   source = sources.open_split(data_cfg, split, data_dir)
   name = f"{source.fingerprint}-{tokenizer.kind}-{tokenizer.fingerprint()}-{_CACHE_VERSION}"
   directory = Path(data_dir) / "sentences" / name
   if not (directory / "tokens.npy").exists():
     dtype = pipeline._token_dtype(tokenizer.vocab_size)  # pylint: disable=protected-access
-    documents = pipeline._encoded_documents(  # pylint: disable=protected-access
-        source, _EncodeSentences(tokenizer, dtype), data_cfg.num_workers)
-    _write_cache(directory, documents, dtype)
+    chunks = pipeline.encoded_chunks(source.texts(data_cfg.text_key), _EncodeSentences(tokenizer, dtype),
+                                     data_cfg.num_workers)
+    _write_cache(directory, chunks, dtype)
   return load_sentences(directory)
 
 

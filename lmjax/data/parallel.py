@@ -10,7 +10,7 @@ Model inputs are padded pairs: the source ids followed by <eos>; the decoder rea
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from lmjax.data.labelled import read_lines
 from lmjax.data.local_text import DataError
+from lmjax.data.sources import text_of
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 Pair = tuple[str, str]
@@ -96,6 +97,18 @@ def tfds_pairs(records: Sequence[Mapping[str, Any]], source_key: str, target_key
       if key not in record:
         raise DataError(f"{name or 'TFDS'} record {i}: feature {key!r} ({field}) is missing; it has {sorted(record)}")
     source, target = _text(record[source_key]).strip(), _text(record[target_key]).strip()
+    if source and target:
+      pairs.append((source, target))
+  return pairs
+
+
+def record_pairs(records: Iterable[Mapping[str, Any]], source_key: str, target_key: str, name: str) -> list[Pair]:
+  """Pairs from dataset records (any data.source); a key 'a.b' reads a nested column, as a Hugging Face
+  translation dataset's {'translation': {'de': ..., 'en': ...}}. Records with an empty side are skipped."""
+  pairs = []
+  for i, record in enumerate(records):
+    where = f"{name} record {i}"
+    source, target = text_of(record, source_key, where).strip(), text_of(record, target_key, where).strip()
     if source and target:
       pairs.append((source, target))
   return pairs

@@ -14,16 +14,16 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-from absl import flags
 
 from lmjax.config import SAMPLING_KINDS
-from lmjax.data import sources
+from lmjax.data import sources, worker_pool
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 
@@ -47,39 +47,54 @@ class TokenizedSplit:
     return int(self.doc_starts.shape[0])
 
 
-class _Encode:
-  """Picklable so grain worker processes can run it."""
-
-  def __init__(self, tokenizer: Tokenizer, dtype: np.dtype):
-    self.tokenizer, self.dtype = tokenizer, dtype
-
-  def __call__(self, text: str) -> np.ndarray:
-    ids = np.asarray(self.tokenizer.encode(text))
-    out = np.empty(ids.shape[0] + 2, self.dtype)
-    out[0], out[1:-1], out[-1] = BOS_ID, ids, EOS_ID
-    return out
-
-
 def _token_dtype(vocab_size: int) -> np.dtype:
   return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
-def _encoded_documents(source: sources.TextSource, encode: _Encode, num_workers: int) -> Iterator[np.ndarray]:
-  dataset = grain.MapDataset.source(source).map(encode)
-  if num_workers <= 0:
-    return (dataset[i] for i in range(len(dataset)))
-  if not flags.FLAGS.is_parsed():  # grain's worker pool reads absl flags; outside an absl app use the defaults
-    flags.FLAGS.mark_as_parsed()
-  iter_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  return _closing(iter(iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))))  # in order
+# Documents are tokenized in chunks of about this many characters: large enough that per-chunk costs vanish (and
+# that a tokenizer's batch path pays off), small enough that a few chunks in flight per worker stay far below 2 GB.
+CHUNK_CHARS = 4 << 20
 
 
-def _closing(iterator: grain.DatasetIterator) -> Iterator[np.ndarray]:
-  """Stops the worker processes (and frees their shared memory) as soon as the documents are consumed."""
-  try:
-    yield from iterator
-  finally:
-    iterator.close()
+def chunked(texts: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+  """Consecutive texts grouped into lists of about chunk_chars characters."""
+  chunk, size = [], 0
+  for text in texts:
+    chunk.append(text)
+    size += len(text)
+    if size >= chunk_chars:
+      yield chunk
+      chunk, size = [], 0
+  if chunk:
+    yield chunk
+
+
+def pack_documents(ids: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+  """([BOS] ids_0 [EOS] [BOS] ids_1 [EOS] ..., each document's length with its two specials) from the
+  concatenated ids and per-document lengths that Tokenizer.encode_batch returns."""
+  sizes = lengths.astype(np.int64) + 2
+  ends = np.cumsum(sizes)
+  out = np.empty(int(ends[-1]) if ends.size else 0, dtype)
+  text = np.ones(out.shape[0], bool)
+  text[ends - sizes] = text[ends - 1] = False
+  out[ends - sizes], out[ends - 1] = BOS_ID, EOS_ID
+  out[text] = ids
+  return out, sizes
+
+
+class EncodeChunk:
+  """A chunk of documents -> (their packed token stream, each document's length). Picklable (worker processes)."""
+
+  def __init__(self, tokenizer: Tokenizer, dtype: np.dtype):
+    self.tokenizer, self.dtype = tokenizer, dtype
+
+  def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return pack_documents(*self.tokenizer.encode_batch(texts), self.dtype)
+
+
+def encoded_chunks(texts: Iterable[str], encode: Any, num_workers: int) -> Iterator[Any]:
+  """encode(chunk) of every chunk of texts, in order, in num_workers processes (0: this one)."""
+  return worker_pool.ordered_map(encode, chunked(texts), num_workers)
 
 
 @contextlib.contextmanager
@@ -108,18 +123,45 @@ def write_token_stream(raw_path: Path, npy_path: Path, dtype: np.dtype, length: 
   raw_path.unlink()
 
 
-def _write_cache(directory: Path, documents: Iterator[np.ndarray], dtype: np.dtype) -> None:
+class TokenWriter:
+  """Appends documents' tokens to tokens.bin and their starts to memory as they come: the cache is written
+  incrementally, and only 8 bytes per document are held until `finish` writes tokens.npy and doc_starts.npy."""
+
+  def __init__(self, directory: Path, dtype: np.dtype):
+    self.directory, self.dtype = directory, dtype
+    self.raw = open(directory / "tokens.bin", "wb")  # pylint: disable=consider-using-with
+    self.starts: list[np.ndarray] = []
+    self.total = 0
+
+  def add(self, tokens: np.ndarray, sizes: np.ndarray) -> None:
+    self.raw.write(tokens.astype(self.dtype, copy=False).tobytes())
+    self.add_sizes(sizes)
+
+  def add_sizes(self, sizes: np.ndarray) -> None:
+    """Documents of these sizes (in tokens) whose tokens were written to `raw` directly."""
+    self.starts.append(self.total + np.cumsum(sizes) - sizes)
+    self.total += int(sizes.sum())
+
+  def finish(self, what: str) -> None:
+    self.raw.close()
+    starts = np.concatenate(self.starts) if self.starts else np.zeros(0, np.int64)
+    if not starts.size:
+      raise DataError(f"{what}: the split has no documents; check data.paths / data.tfds_name / data.hf_name and "
+                      f"the splits")
+    write_token_stream(self.directory / "tokens.bin", self.directory / "tokens.npy", self.dtype, self.total)
+    np.save(self.directory / "doc_starts.npy", starts.astype(np.int64))
+
+
+def write_cache(directory: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]], dtype: np.dtype) -> None:
+  """The cache of a split from its (tokens, document sizes) chunks, written in place atomically."""
   with atomic_directory(directory) as tmp:
-    starts, total = [], 0
-    with open(tmp / "tokens.bin", "wb") as raw:
-      for doc in documents:
-        starts.append(total)
-        total += doc.shape[0]
-        raw.write(doc.tobytes())
-    if not starts:
-      raise DataError(f"{directory.name}: the split has no documents; check data.paths / data.tfds_name and splits")
-    write_token_stream(tmp / "tokens.bin", tmp / "tokens.npy", dtype, total)
-    np.save(tmp / "doc_starts.npy", np.asarray(starts, np.int64))
+    writer = TokenWriter(tmp, dtype)
+    try:
+      for tokens, sizes in chunks:
+        writer.add(tokens, sizes)
+    finally:
+      writer.raw.close()
+    writer.finish(directory.name)
 
 
 def load_tokenized(directory: str | os.PathLike) -> TokenizedSplit:
@@ -130,15 +172,74 @@ def load_tokenized(directory: str | os.PathLike) -> TokenizedSplit:
   return TokenizedSplit(tokens, doc_starts, directory.name)
 
 
+def cache_directory(data_dir: str | os.PathLike, source: sources.Split, tokenizer: Tokenizer) -> Path:
+  return Path(data_dir) / "tokenized" / f"{source.fingerprint}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+
+
 def tokenize_split(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer,
                    data_dir: str | os.PathLike) -> TokenizedSplit:
-  """Tokenizes every document of `split` once; later calls load the cache (keyed by source and tokenizer)."""
+  """Tokenizes every document of `split` once; later calls load the cache (keyed by source and tokenizer).
+
+  data_cfg names one source (a data.mixture entry's section for mixtures). Documents are streamed from the source
+  in chunks, tokenized in data.num_workers processes, and appended to the cache as they come."""
   source = sources.open_split(data_cfg, split, data_dir)
-  directory = Path(data_dir) / "tokenized" / f"{source.fingerprint}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+  directory = cache_directory(data_dir, source, tokenizer)
+  if isinstance(source, sources.LocalSplit) and split in sources.LOCAL_SPLITS and not directory.joinpath(
+      "tokens.npy").exists():
+    _tokenize_local_splits(source, tokenizer, data_dir, data_cfg.num_workers)
   if not (directory / "tokens.npy").exists():
     dtype = _token_dtype(tokenizer.vocab_size)
-    _write_cache(directory, _encoded_documents(source, _Encode(tokenizer, dtype), data_cfg.num_workers), dtype)
+    texts = source.texts(data_cfg.text_key)
+    write_cache(directory, encoded_chunks(texts, EncodeChunk(tokenizer, dtype), data_cfg.num_workers), dtype)
   return load_tokenized(directory)
+
+
+def _tokenize_local_splits(source: sources.LocalSplit, tokenizer: Tokenizer, data_dir: str | os.PathLike,
+                           num_workers: int) -> None:
+  """Both caches of local text in one streamed pass, when neither exists and the corpus splits by documents:
+  every document is tokenized into one file, and the validation tail is then moved to its own cache (the split
+  is known only once the documents are counted). Otherwise nothing is written here and each split is read alone."""
+  corpus = source.corpus
+  dirs = {s: cache_directory(data_dir, sources.LocalSplit(corpus, s, source.source), tokenizer)
+          for s in sources.LOCAL_SPLITS}
+  if corpus.index_path.exists() or any((d / "tokens.npy").exists() for d in dirs.values()):
+    return
+  dtype, chars = _token_dtype(tokenizer.vocab_size), [0]
+
+  def counted() -> Iterator[str]:
+    for doc in corpus.documents():
+      chars[0] += len(doc)
+      yield doc
+
+  try:
+    with atomic_directory(dirs["train"]) as train:
+      writer = TokenWriter(train, dtype)
+      try:
+        for tokens, sizes in encoded_chunks(counted(), EncodeChunk(tokenizer, dtype), num_workers):
+          writer.add(tokens, sizes)
+      finally:
+        writer.raw.close()
+      starts = np.concatenate(writer.starts) if writer.starts else np.zeros(0, np.int64)
+      index = corpus.record_index(int(starts.shape[0]), chars[0])
+      if index is None:
+        raise _CutByCharacters()
+      boundary = int(starts[index["train"]])
+      with atomic_directory(dirs["validation"]) as validation:
+        with open(train / "tokens.bin", "rb") as raw, open(validation / "tokens.bin", "wb") as out:
+          raw.seek(boundary * dtype.itemsize)
+          shutil.copyfileobj(raw, out, length=16 << 20)
+        write_token_stream(validation / "tokens.bin", validation / "tokens.npy", dtype, writer.total - boundary)
+        np.save(validation / "doc_starts.npy", starts[index["train"]:] - boundary)
+      with open(train / "tokens.bin", "r+b") as raw:
+        raw.truncate(boundary * dtype.itemsize)
+      write_token_stream(train / "tokens.bin", train / "tokens.npy", dtype, boundary)
+      np.save(train / "doc_starts.npy", starts[:index["train"]])
+  except _CutByCharacters:
+    return
+
+
+class _CutByCharacters(Exception):
+  """The corpus has too few documents to split by them; each split is then read on its own."""
 
 
 def window_batch(split: TokenizedSplit, starts: np.ndarray, seq_len: int) -> Batch:
@@ -214,16 +315,39 @@ class _TrainBatch:
   def shift(self, epoch: int) -> int:
     return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_shift + 1))
 
-  def __call__(self, batch_index: int) -> Batch:
-    if self.sampling == "random":
-      return window_batch(self.split, self.random_starts(batch_index), self.seq_len)
-    position = batch_index * self.global_batch_size + self.local_offsets
+  def window_starts(self, position: np.ndarray) -> np.ndarray:
+    """Where windows number `position` of the concatenated epochs start in the stream."""
     epochs, offsets = np.divmod(position, self.num_windows)
     starts = np.empty_like(position)
     for epoch in np.unique(epochs):
       here = epochs == epoch
       starts[here] = self.shift(int(epoch)) + self._permutation(int(epoch))[offsets[here]] * self.seq_len
+    return starts
+
+  def __call__(self, batch_index: int) -> Batch:
+    if self.sampling == "random":
+      return window_batch(self.split, self.random_starts(batch_index), self.seq_len)
+    position = batch_index * self.global_batch_size + self.local_offsets
+    return window_batch(self.split, self.window_starts(position), self.seq_len)
+
+  def rows(self, index: np.ndarray) -> Batch:
+    """Windows number `index` of this split's own sequence (a mixture's rows from it): in epochs as above, or
+    with sampling='random' each at a uniform random token drawn from (seed, its index)."""
+    if self.sampling == "random":
+      high = self.split.num_tokens - self.seq_len
+      starts = np.asarray([np.random.default_rng([self.seed % 2**32, int(i), 4]).integers(0, high) for i in index],
+                          np.int64)
+    else:
+      starts = self.window_starts(np.asarray(index, np.int64))
     return window_batch(self.split, starts, self.seq_len)
+
+
+def window_rows(tokens: TokenizedSplit, seq_len: int, seed: int, sampling: str = "epochs") -> _TrainBatch:
+  """A cached split's windows by index (`.rows(index)`), for mixtures; checked like make_train_dataset's."""
+  if (tokens.num_tokens - 1) // seq_len < 1:
+    raise DataError(f"data.seq_len={seq_len} needs at least {seq_len + 1} tokens but split {tokens.name} has "
+                    f"{tokens.num_tokens}; lower data.seq_len or use more text")
+  return _TrainBatch(tokens, seq_len, 1, seed, 0, 1, sampling)
 
 
 def make_train_dataset(tokens: TokenizedSplit, seq_len: int, global_batch_size: int, seed: int,

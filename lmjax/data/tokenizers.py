@@ -10,10 +10,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +39,8 @@ _SP_RESERVED = NUM_SPECIAL + 1 + 256
 _SP_MAX_SENTENCE = 8192
 
 IdsLike = np.ndarray | Iterable[int]
+# Threads SentencePiece encodes a batch with: the cores this process may use (worker processes each set theirs).
+ENCODE_THREADS = max(1, min(os.cpu_count() or 1, 16))
 
 
 def utf8_char_counts(byte_values: np.ndarray) -> np.ndarray:
@@ -106,6 +109,15 @@ class Tokenizer(abc.ABC):
   def decode(self, ids: IdsLike) -> str:
     """Text of `ids`; special ids are skipped."""
 
+  def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [N] int32, lengths [len(texts)] int64): every text's `encode` ids concatenated, and how many each has.
+
+    The same ids as `encode`, text by text; kinds override it with a faster path over many texts at once (data
+    preparation calls it on chunks of documents)."""
+    pieces = [self.encode(t) for t in texts]
+    lengths = np.fromiter((p.shape[0] for p in pieces), np.int64, len(pieces))
+    return (np.concatenate(pieces).astype(np.int32, copy=False) if pieces else np.zeros(0, np.int32)), lengths
+
   @abc.abstractmethod
   def token_byte_lengths(self) -> np.ndarray:
     """float32 [vocab_size]: UTF-8 bytes each id decodes to, 0 for specials (for bits per byte)."""
@@ -161,6 +173,11 @@ class ByteTokenizer(Tokenizer):
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + NUM_SPECIAL
 
+  def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [t.encode("utf-8") for t in texts]
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.int32) + NUM_SPECIAL, lengths
+
   def decode(self, ids: IdsLike) -> str:
     # Sampled ids need not form valid UTF-8.
     return (self._strip_specials(ids) - NUM_SPECIAL).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
@@ -204,16 +221,20 @@ class CharTokenizer(Tokenizer):
     self.chars = "".join(sorted(set(chars)))
     if any(len(c) != 1 for c in self.chars):
       raise ValueError("CharTokenizer: chars must be single characters")
-    # Sorted code points let encode map a whole text at once with searchsorted.
     self._codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
     self.vocab_size = NUM_SPECIAL + len(self.chars)
+    # A table over code points up to the largest known one maps a whole text at once; its last entry (and every
+    # larger code point, clipped to it) is <unk>.
+    self._table = np.full(int(self._codes.max()) + 2 if len(self._codes) else 1, UNK_ID, np.int32)
+    self._table[self._codes] = np.arange(len(self._codes), dtype=np.int32) + NUM_SPECIAL
+
+  def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    return self.encode("".join(texts)), lengths  # one id per character, so the texts' ids are consecutive
 
   def encode(self, text: str) -> np.ndarray:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    if not len(self._codes):
-      return np.full(len(codes), UNK_ID, np.int32)
-    pos = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
-    return np.where(self._codes[pos] == codes, pos + NUM_SPECIAL, UNK_ID).astype(np.int32)
+    return self._table[np.minimum(codes, self._table.shape[0] - 1)]
 
   def decode(self, ids: IdsLike) -> str:
     return self._codes[self._strip_specials(ids) - NUM_SPECIAL].tobytes().decode("utf-32-le")
@@ -268,6 +289,12 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+  def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    # SentencePiece encodes a list on its own C++ threads; the ids are those of encoding each text alone.
+    pieces = self._sp.encode(list(texts), num_threads=ENCODE_THREADS)
+    lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
+    return np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(lengths.sum())), lengths
 
   def decode(self, ids: IdsLike) -> str:
     return self._sp.decode(self._strip_specials(ids).tolist())

@@ -105,6 +105,7 @@ class Task(abc.ABC):
   predicts: ClassVar[bool] = False  # whether eval runs `predict` and scores the split with `data.score`
   evaluates_other_lengths: ClassVar[bool] = False  # whether train.extra_eval_seq_lens applies
   chunked_loss: ClassVar[bool] = False  # whether train.loss_chunk_tokens applies (its loss reads a vocabulary head)
+  mixes_sources: ClassVar[bool] = False  # whether it trains on a weighted data.mixture (eval/<source> per source)
   sections: ClassVar[tuple[str, ...]] = ()  # the registered config sections it reads (lmjax.config.reads)
 
   # --- the config -------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import ml_collections
 import optax
 
 from lmjax.config import parse_lengths
-from lmjax.data import pipeline
+from lmjax.data import mixture, pipeline, sources, streaming
+from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
 from lmjax.models import model_config
@@ -56,6 +57,90 @@ class LmData(TaskData):
     return sets
 
 
+@dataclasses.dataclass(frozen=True)
+class SourcePart:
+  """One source of a mixture (or the one streamed source): its train tokens or stream, and its eval tokens."""
+  name: str
+  weight: float
+  section: ml_collections.ConfigDict  # its data section
+  train: Any  # pipeline.TokenizedSplit, or a streamed sources.Split
+  eval_tokens: pipeline.TokenizedSplit
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedLmData(TaskData):
+  """Windows from several weighted sources (data.mixture) or from a stream (lmjax.data.mixture, .streaming).
+  Eval: 'eval' over every source's validation windows together, and with a mixture 'eval/<source>' for each."""
+  config: ml_collections.ConfigDict
+  tokenizer: Tokenizer
+  parts: tuple[SourcePart, ...]
+  per_source: bool  # a mixture: report each source's eval split as well
+
+  @property
+  def summary(self) -> str:
+    describe = lambda t: "streamed" if isinstance(t, sources.Split) else f"{t.num_tokens} train tokens"
+    return "; ".join(f"{p.name} (weight {p.weight:.3g}): {describe(p.train)}, {p.eval_tokens.num_tokens} eval "
+                     f"tokens" for p in self.parts)
+
+  def _row_sources(self, process_index: int, process_count: int) -> list[Any]:
+    d = self.config.data
+    out = []
+    for part in self.parts:
+      if isinstance(part.train, sources.Split):
+        out.append(streaming.StreamWindows(part.train.dataset(process_index, process_count), part.section.text_key,
+                                           self.tokenizer, d.seq_len, f"{part.name} ({part.train})"))
+      else:
+        out.append(mixture.IndexedRows(pipeline.window_rows(part.train, d.seq_len, d.shuffle_seed, d.sampling).rows))
+    return out
+
+  def train_dataset(self, process_index: int, process_count: int) -> grain.IterDataset:
+    t = self.config.train
+    pipeline._check_sharding(t.batch_size, process_index, process_count, "train.batch_size")  # pylint: disable=protected-access
+    self._row_sources(process_index, process_count)  # a source too short for one window fails now, not later
+    plan = mixture.Plan([p.weight for p in self.parts], t.batch_size, self.config.data.shuffle_seed)
+    return mixture.MixtureDataset(plan, lambda: self._row_sources(process_index, process_count), process_index,
+                                  process_count)
+
+  def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
+    t = self.config.train
+    sets: dict[str, list[Batch]] = {}
+    for length in [self.config.data.seq_len, *parse_lengths(t.extra_eval_seq_lens)]:
+      name = "eval" if length == self.config.data.seq_len else f"eval_len{length}"
+      sets[name] = []
+      for part in self.parts:
+        batches = pipeline.make_eval_batches(part.eval_tokens, length, t.eval_batch_size or t.batch_size,
+                                             max_batches=t.eval_batches or None, process_index=process_index,
+                                             process_count=process_count)
+        sets[name] += batches
+        if self.per_source and name == "eval":
+          sets[f"eval/{part.name}"] = batches
+    return sets
+
+
+def _eval_tokens(config: ml_collections.ConfigDict, section: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                 data_dir: Path, name: str) -> pipeline.TokenizedSplit:
+  if not sources.streams(section):
+    return pipeline.tokenize_split(section, section.eval_split, tokenizer, data_dir)
+  t = config.train
+  longest = max([config.data.seq_len, *parse_lengths(t.extra_eval_seq_lens)])
+  wanted = t.eval_batches * (t.eval_batch_size or t.batch_size) * longest + 1 if t.eval_batches else None
+  split = sources.open_split(section, section.eval_split, data_dir)
+  return streaming.head_tokens(split.records(), section.text_key, tokenizer, wanted, f"{name} ({split})")
+
+
+def prepare_mixed(config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> MixedLmData:
+  """Each source's train tokens (or stream) and eval tokens, each with its own cache."""
+  parts = []
+  named = sources.named_sources(config.data)
+  for name, weight, section in named:
+    if sources.streams(section):
+      train = sources.open_split(section, section.train_split, data_dir)
+    else:
+      train = pipeline.tokenize_split(section, section.train_split, tokenizer, data_dir)
+    parts.append(SourcePart(name, weight, section, train, _eval_tokens(config, section, tokenizer, data_dir, name)))
+  return MixedLmData(config, tokenizer, tuple(parts), per_source=bool(config.data.mixture.strip()))
+
+
 @TASKS.register("causal_lm")
 @dataclasses.dataclass(frozen=True)
 class CausalLmTask(Task):
@@ -72,10 +157,14 @@ class CausalLmTask(Task):
   generates_text: ClassVar[bool] = True
   evaluates_other_lengths: ClassVar[bool] = True
   chunked_loss: ClassVar[bool] = True
+  mixes_sources: ClassVar[bool] = True
 
   @classmethod
-  def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> LmData:
+  def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                   data_dir: Path) -> LmData | MixedLmData:
     d = config.data
+    if d.mixture.strip() or sources.streams(d):
+      return prepare_mixed(config, tokenizer, data_dir)
     return LmData(config, pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir),
                   pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
 
@@ -87,6 +176,9 @@ class CausalLmTask(Task):
                fits=cfg.fit_only, loss_chunk=config.train.loss_chunk_tokens)
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
+    if self.fits and not isinstance(data, LmData):
+      raise DataError(f"model.name={config.model.name!r} is fitted on one cached source: set data.mixture='' and "
+                      f"data.hf_streaming=False")
     return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens) if self.fits else None
 
   def init_args(self) -> tuple[jax.Array, ...]:

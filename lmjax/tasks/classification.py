@@ -21,7 +21,7 @@ import optax
 
 from lmjax import finetune_metrics
 from lmjax.config import ConfigError
-from lmjax.data import labelled
+from lmjax.data import labelled, sources
 from lmjax.data.labelled import LabelVocab
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.models import model_config
@@ -42,6 +42,10 @@ def _read(config: ml_collections.ConfigDict, which: str, data_dir: Path) -> tupl
                         f"{'regression' if vocab is None else 'classification'} task; set it to {vocab is None}")
     return examples, vocab
   fields = [x.strip() for x in f.text_fields.split(",")]
+  if not f.train_file and config.data.source == "hf":  # examples from the data section's dataset
+    split = config.data[f"{which}_split"]
+    return labelled.records_examples(sources.iter_records(config.data, split, data_dir), fields, f.label_field,
+                                     task, f"data.hf_name={config.data.hf_name!r} split {split!r}"), None
   return labelled.read_examples(f[f"{which}_file"], fields, f.label_field, task), None
 
 

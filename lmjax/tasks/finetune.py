@@ -65,10 +65,12 @@ def validate_fields(cfg: ml_collections.ConfigDict, kind: str) -> None:
   if f.tfds_name and kind != "classification":
     config_lib.fail("finetune.tfds_name", f.tfds_name, "GLUE through TFDS is for task='classification'; give "
                     "files instead")
-  if not f.tfds_name:
+  from_dataset = kind == "classification" and d.source == "hf" and not f.train_file  # data.train/eval_split
+  if not f.tfds_name and not from_dataset:
     for field in ("train_file", "eval_file"):
       if not f[field].strip():
-        how = " (or finetune.tfds_name='glue/<task>')" if kind == "classification" else ""
+        how = (" (or finetune.tfds_name='glue/<task>', or data.source='hf' with data.train_split/eval_split)"
+               if kind == "classification" else "")
         config_lib.fail(f"finetune.{field}", f[field], f"task={cfg.task!r} reads its examples from a file: set "
                         f"finetune.train_file and finetune.eval_file{how}")
   if kind == "classification":

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from lmjax import config as config_lib
-from lmjax.data import mlm_pairs
+from lmjax.data import mixture, mlm_pairs, sources
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.models import model_config
 from lmjax.models.vocab_head import token_stats
@@ -44,6 +44,10 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
                     f"exceeds 1; the rest of the predicted tokens are kept, so the two must sum to at most 1 (BERT: "
                     f"0.8 and 0.1)")
   config_lib.at_least(cfg, "mlm.max_predictions", 0)
+  entries = config_lib.parse_mixture(cfg.data.mixture) if cfg.data.mixture.strip() else []
+  if cfg.data.hf_streaming or any(e.overrides.get("hf_streaming", False) for e in entries):
+    config_lib.fail("data.hf_streaming", True, "task='mlm' draws sentence pairs from anywhere in the split, so it "
+                    "reads a prepared split: set data.hf_streaming=False (the split is then downloaded and cached)")
   specials = 3 if k.nsp else 2  # [CLS] A [SEP] B [SEP], or [CLS] A [SEP]
   if cfg.data.seq_len < specials + 2:
     config_lib.fail("data.seq_len", cfg.data.seq_len, f"task={cfg.task!r} needs room for {specials} special tokens "
@@ -92,6 +96,42 @@ class MlmData(TaskData):
                                                 process_count=process_count)}
 
 
+@dataclasses.dataclass(frozen=True)
+class MixedMlmData(TaskData):
+  """data.mixture: each source's sentence split (own cache); rows drawn by weight (lmjax.data.mixture), source i
+  with its own example stream. Eval: 'eval' over every source's eval batches, and 'eval/<source>' for each."""
+  config: ml_collections.ConfigDict
+  settings: mlm_pairs.MlmSettings
+  parts: tuple[tuple[str, float, mlm_pairs.SentenceSplit, mlm_pairs.SentenceSplit], ...]
+
+  @property
+  def summary(self) -> str:
+    return "; ".join(f"{name} (weight {w:.3g}): {tr.num_tokens} train tokens, {ev.num_tokens} eval tokens"
+                     for name, w, tr, ev in self.parts)
+
+  def train_dataset(self, process_index: int, process_count: int) -> grain.IterDataset:
+    t, seed = self.config.train, self.config.data.shuffle_seed
+    for _, _, split, _ in self.parts:
+      mlm_pairs.check_split(split, self.settings)
+    def rows(i: int, split: mlm_pairs.SentenceSplit):
+      return lambda index: mlm_pairs.example_batch(split, self.settings, seed, index, stream=2 * i + 2)
+    make = lambda: [mixture.IndexedRows(rows(i, split)) for i, (_, _, split, _) in enumerate(self.parts)]
+    plan = mixture.Plan([w for _, w, _, _ in self.parts], t.batch_size, seed)
+    return mixture.MixtureDataset(plan, make, process_index, process_count)
+
+  def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
+    t = self.config.train
+    batch_size = t.eval_batch_size or t.batch_size
+    sets: dict[str, list[Batch]] = {"eval": []}
+    for name, _, _, split in self.parts:
+      num_batches = t.eval_batches or math.ceil(split.num_sentences / batch_size)
+      sets[f"eval/{name}"] = mlm_pairs.make_eval_batches(split, self.settings, batch_size, num_batches,
+                                                         seed=self.config.data.shuffle_seed,
+                                                         process_index=process_index, process_count=process_count)
+      sets["eval"] += sets[f"eval/{name}"]
+    return sets
+
+
 @TASKS.register("mlm")
 @dataclasses.dataclass(frozen=True)
 class MlmTask(Task):
@@ -104,10 +144,18 @@ class MlmTask(Task):
   model_interface: ClassVar[str] = "encoder"
   sections: ClassVar[tuple[str, ...]] = ("mlm",)
   chunked_loss: ClassVar[bool] = True
+  mixes_sources: ClassVar[bool] = True
 
   @classmethod
-  def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> MlmData:
+  def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                   data_dir: Path) -> MlmData | MixedMlmData:
     d = config.data
+    settings = mlm_pairs.MlmSettings.from_config(config, tokenizer.vocab_size)
+    if d.mixture.strip():
+      parts = tuple((name, weight, mlm_pairs.tokenize_sentences(s, s.train_split, tokenizer, data_dir),
+                     mlm_pairs.tokenize_sentences(s, s.eval_split, tokenizer, data_dir))
+                    for name, weight, s in sources.named_sources(d))
+      return MixedMlmData(config, settings, parts)
     return MlmData(config, mlm_pairs.MlmSettings.from_config(config, tokenizer.vocab_size),
                    mlm_pairs.tokenize_sentences(d, d.train_split, tokenizer, data_dir),
                    mlm_pairs.tokenize_sentences(d, d.eval_split, tokenizer, data_dir))

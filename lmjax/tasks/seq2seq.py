@@ -27,7 +27,7 @@ from absl import logging
 
 from lmjax import config as config_lib
 from lmjax import decode, text_metrics
-from lmjax.data import parallel
+from lmjax.data import parallel, sources
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.models import family, logit_mask, model_config
@@ -66,11 +66,12 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     config_lib.fail("data.source", d.source, "task='seq2seq' needs parallel data: data.source='files' with "
                     "data.paths 'pairs.tsv' or 'train.de,train.en', or 'tfds' with seq2seq.source_lang and "
                     "seq2seq.target_lang")
-  if d.source == "tfds":
+  if d.source in ("tfds", "hf"):
     for field in ("source_lang", "target_lang"):
       if not s[field].strip():
-        config_lib.fail(f"seq2seq.{field}", s[field], "data.source='tfds' needs the TFDS features of both sides, "
-                        "e.g. source_lang='de', target_lang='en' for wmt14_translate/de-en")
+        config_lib.fail(f"seq2seq.{field}", s[field], f"data.source={d.source!r} needs the features (columns) of "
+                        f"both sides, e.g. source_lang='de', target_lang='en' for wmt14_translate/de-en, or "
+                        f"'translation.de' and 'translation.en' for a Hugging Face translation dataset")
   context = family(m.name).max_context(m)
   for field in ("source_max_len", "target_max_len"):
     config_lib.at_least(cfg, f"seq2seq.{field}", 2)
@@ -104,6 +105,10 @@ def read_split_pairs(config: ml_collections.ConfigDict, data_dir: Path) -> dict[
   if d.source == "tfds":
     read = lambda split: parallel.open_tfds_pairs(d.tfds_name, split, data_dir, s.source_lang, s.target_lang)
     splits = {"train": read(d.train_split), "eval": read(d.eval_split)}
+  elif d.source == "hf":
+    read = lambda split: parallel.record_pairs(sources.iter_records(d, split, data_dir), s.source_lang,
+                                               s.target_lang, f"data.hf_name={d.hf_name!r} split {split!r}")
+    splits = {"train": read(d.train_split), "eval": read(d.eval_split)}
   elif d.source == "files":
     train = parallel.read_pairs(d.paths)
     if s.eval_paths.strip():
@@ -112,7 +117,7 @@ def read_split_pairs(config: ml_collections.ConfigDict, data_dir: Path) -> dict[
       train, held_out = parallel.hold_out(train, d.validation_fraction, d.shuffle_seed)
       splits = {"train": train, "eval": held_out}
   else:
-    raise DataError(f"data.source={d.source!r}: task='seq2seq' reads pairs from 'files' or 'tfds'")
+    raise DataError(f"data.source={d.source!r}: task='seq2seq' reads pairs from 'files', 'tfds' or 'hf'")
   if s.test_paths.strip():
     splits["test"] = parallel.read_pairs(s.test_paths)
   for split, pairs in splits.items():
