@@ -16,7 +16,7 @@ from lmjax.config import parse_lengths
 from lmjax.data import pipeline
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
-from lmjax.models import model_config
+from lmjax.models import lora, model_config
 from lmjax.models.base import FitResult
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
@@ -69,6 +69,8 @@ class CausalLmTask(Task):
   accepts_fit_only: ClassVar[bool] = True
   generates_text: ClassVar[bool] = True
   evaluates_other_lengths: ClassVar[bool] = True
+  supports_lora: ClassVar[bool] = True
+  sections: ClassVar[tuple[str, ...]] = ("finetune",)  # init_from (a decoder run to continue) and lora
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> LmData:
@@ -80,7 +82,11 @@ class CausalLmTask(Task):
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "CausalLmTask":
     cfg = model_config(config, vocab.size)
     as_array = lambda x: None if x is None else jnp.asarray(x)
-    return cls(cfg.build(), config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
+    model = cfg.build()
+    if not cfg.fit_only:  # adapters on its dense layers when finetune.lora.rank > 0
+      tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
+      model = lora.adapt(model, lora.LoraSettings.from_config(config), (tokens,))
+    return cls(model, config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
                fits=cfg.fit_only)
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
@@ -91,6 +97,10 @@ class CausalLmTask(Task):
 
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct((batch_size, self.seq_len), dt) for k, dt in BATCH_DTYPES.items()}
+
+  def param_groups(self, params: Any) -> Any:
+    """With LoRA (finetune.lora.rank > 0) only the adapters train; otherwise one group."""
+    return lora.param_groups(params) if lora.settings_of(self.model) is not None else None
 
   def logits(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> jax.Array:
     rngs = {"dropout": rng} if rng is not None else None
