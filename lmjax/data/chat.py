@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 from typing import Any, Iterable, Mapping
 
@@ -51,6 +52,7 @@ class ChatError(ValueError):
 
 def _environment():
   import jinja2  # pylint: disable=import-outside-toplevel
+  import jinja2.ext  # pylint: disable=import-outside-toplevel  (not imported by `import jinja2` itself)
   from jinja2 import sandbox  # pylint: disable=import-outside-toplevel
 
   def raise_exception(message: str):
@@ -78,6 +80,12 @@ def check_messages(messages: Any, where: str = "conversation") -> list[dict[str,
       raise ChatError(f"{where}: message {i} must be an object with string 'role' and 'content' (got {m!r:.80})")
     out.append({**m, "role": m["role"], "content": m["content"]})
   return out
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(source: str) -> Any:
+  """A template compiled once: a dataset renders each conversation once per message."""
+  return _environment().from_string(source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +124,7 @@ class ChatTemplate:
     import jinja2  # pylint: disable=import-outside-toplevel
     messages = check_messages(list(messages), self.name)
     try:
-      template = _environment().from_string(self.source)
+      template = _compiled(self.source)
     except jinja2.exceptions.TemplateSyntaxError as e:
       raise ChatError(f"{self.name}: the chat template does not parse ({e.message}, line {e.lineno})") from None
     try:
