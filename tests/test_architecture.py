@@ -24,7 +24,7 @@ LAYERS = (
     ("models", ("lmjax.models", "lmjax.models.*")),
     ("runs", ("lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
               "lmjax.optim", "lmjax.prepare", "lmjax.workdir", "lmjax.init_from", "lmjax.hf", "lmjax.hf.gpt2",
-              "lmjax.hf.bert", "lmjax.hf.architectures")),
+              "lmjax.hf.bert", "lmjax.hf.architectures", "lmjax.frozen_run", "lmjax.hf.peft")),
     ("tasks", ("lmjax.tasks", "lmjax.tasks.*", "lmjax.distill", "lmjax.distill.heads", "lmjax.distill.layers",
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
     ("programs", ("lmjax.step", "lmjax.programs")),

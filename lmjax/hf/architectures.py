@@ -21,10 +21,14 @@ class Architecture:
   convert: ModuleType  # model_fields, import_params, export_params, export_config
   read_tokenizer: Callable[[Path, int], Any]
   pre_norm: bool
+  # How its dense weights are stored: [out, in] (torch.nn.Linear) or [in, out] (GPT-2's Conv1D); LoRA adapters
+  # exported in PEFT's format follow it (lmjax/hf/peft.py).
+  weight_layout: str = "out_in"
 
 
 ARCHITECTURES = {
-    "gpt2": Architecture("gpt2", "gpt", "causal_lm", "hf_bpe", gpt2, read_bpe_tokenizer, pre_norm=True),
+    "gpt2": Architecture("gpt2", "gpt", "causal_lm", "hf_bpe", gpt2, read_bpe_tokenizer, pre_norm=True,
+                         weight_layout="in_out"),
     "bert": Architecture("bert", "bert", "mlm", "hf_wordpiece", bert, read_wordpiece_tokenizer, pre_norm=False),
 }
 BY_MODEL_NAME = {a.model_name: a for a in ARCHITECTURES.values()}
