@@ -17,11 +17,12 @@ from lmjax.config import ConfigError, base_config, flatten
 # checkpoint would either fail to restore or continue a different model.
 IDENTITY_SECTIONS = ("model", "tokenizer")
 IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), ("data", "tfds_name"))
+IDENTITY_PREFIXES = ("finetune.lora.",)  # LoRA adapters are part of the saved parameters
 
 
 def _is_identity(field: str) -> bool:
   section, _, name = field.partition(".")
-  return section in IDENTITY_SECTIONS or (section, name) in IDENTITY_FIELDS
+  return section in IDENTITY_SECTIONS or (section, name) in IDENTITY_FIELDS or field.startswith(IDENTITY_PREFIXES)
 
 
 def changed_fields(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:

@@ -69,6 +69,7 @@ def resolve_template(spec: str, tokenizer_dir: Path | None = None, field: str = 
 class Piece:
   text: str
   trained: bool
+  content: str = ""  # a reply's own words, without the template's markup (for sample sheets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Encoded:
   trained: np.ndarray  # bool [n]
   prompt_len: int  # tokens before the final trained piece: the prompt of a sample answer
   prompt_text: str
-  reference: str  # the final trained piece's text: the answer the data gives
+  reference: str  # the answer the data gives: the final reply's content (or the completion)
 
   @property
   def prompt_ids(self) -> np.ndarray:
@@ -94,8 +95,8 @@ def _reply(template: ChatTemplate, messages: list[dict[str, str]], i: int, text:
     prompt = template.render(messages[:i], add_generation_prompt=True)
     header = prompt[start:]
     if prompt.startswith(text[:start]) and text[start:end].startswith(header) and len(header) < end - start:
-      return [Piece(header, False), Piece(text[start + len(header):end], True)]
-  return [Piece(text[start:end], True)]
+      return [Piece(header, False), Piece(text[start + len(header):end], True, messages[i]["content"])]
+  return [Piece(text[start:end], True, messages[i]["content"])]
 
 
 def conversation_pieces(messages: Any, template: ChatTemplate, where: str, *, final_only: bool = False) -> list[Piece]:
@@ -117,7 +118,7 @@ def conversation_pieces(messages: Any, template: ChatTemplate, where: str, *, fi
     raise DataError(f"{where}: {e}") from None
   if final_only:
     last = max(i for i, p in enumerate(pieces) if p.trained)
-    pieces = [Piece(p.text, p.trained and i == last) for i, p in enumerate(pieces)]
+    pieces = [Piece(p.text, p.trained and i == last, p.content) for i, p in enumerate(pieces)]
   return [p for p in pieces if p.text]
 
 
@@ -184,5 +185,6 @@ def encode(pieces: Sequence[Piece], tokenizer: Tokenizer) -> Encoded:
     trained.append(np.full(len(piece_ids), piece.trained))
   ids.append(np.asarray([EOS_ID], np.int32))
   trained.append(np.asarray([bool(pieces) and pieces[-1].trained]))
+  reference = (pieces[last].content or pieces[last].text) if last >= 0 else ""
   return Encoded(np.concatenate(ids), np.concatenate(trained), prompt_len,
-                 "".join(p.text for p in pieces[:max(last, 0)]), pieces[last].text if last >= 0 else "")
+                 "".join(p.text for p in pieces[:max(last, 0)]), reference)
