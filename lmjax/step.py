@@ -27,7 +27,7 @@ class _Trained:
     groups = task.param_groups(params)
     self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
     self.is_frozen = ([False] * len(self.leaves) if groups is None
-                   else [g == "frozen" for g in jax.tree_util.tree_leaves(groups)])
+                      else [g == "frozen" for g in jax.tree_util.tree_leaves(groups)])
 
   def select(self) -> list[jax.Array]:
     return [p for p, f in zip(self.leaves, self.is_frozen) if not f]

@@ -278,6 +278,30 @@ def test_lora_on_an_imported_gpt2_exports_merged_and_as_a_peft_adapter(lora_run,
     np.testing.assert_allclose(hf_logits(with_adapter, ids), ours, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
+def test_a_run_started_from_a_lora_run_starts_from_its_merged_weights(lora_run):
+  from lmjax import init_from  # pylint: disable=import-outside-toplevel
+  from lmjax.saved_run import load_config, load_params  # pylint: disable=import-outside-toplevel
+  c = load_config(lora_run / "lora")
+  c.finetune.init_from = str(lora_run / "lora")
+  saved, _ = load_params(lora_run / "lora")
+  merged = lora.merge(jax.device_get(saved), lora.LoraSettings.from_config(c).scale)
+  for rank in (0, 2):  # a plain run, or one with adapters of its own (which start fresh)
+    c.finetune.lora.rank = rank
+    fresh = jax.device_get(saved) if rank else jax.tree_util.tree_map(np.zeros_like, merged)
+    new, copied = init_from.pretrained_params(c, fresh)
+    assert set(copied) == set(merged)
+    assert all(np.array_equal(v, paths(merged)[k]) for k, v in paths(lora.strip(new)).items())
+    if rank:
+      assert all(np.array_equal(v, paths(fresh)[k]) for k, v in paths(new).items() if "lora_" in k)
+
+
+def test_lora_settings_are_part_of_a_runs_identity():
+  from lmjax.workdir import _is_identity  # pylint: disable=import-outside-toplevel
+  assert _is_identity("finetune.lora.rank") and _is_identity("finetune.lora.targets")
+  assert not _is_identity("finetune.head_lr_multiplier")
+
+
 def test_export_without_adapters_refuses_the_lora_modes(imported, tmp_path):
   from lmjax.hf.export_checkpoint import export_run  # pylint: disable=import-outside-toplevel
   from lmjax.hf.files import HfError  # pylint: disable=import-outside-toplevel

@@ -166,3 +166,12 @@ def test_sft_data_from_files(tmp_path):
   prompts = data.sample_prompts()
   assert [p.reference for p in prompts] == ["0!", "1!"]
   assert TOKENIZER.decode(prompts[1].ids) == "### User:\nSay 1.\n\n### Assistant:\n"
+
+
+def test_tfds_records_read_as_json_would_hold_them():
+  """A TFDS example (bytes, arrays, a sequence of dicts stored as a dict of sequences) becomes plain JSON values."""
+  from lmjax.data.records import _plain  # pylint: disable=import-outside-toplevel
+  example = {"messages": {"role": np.array([b"user", b"assistant"]), "content": np.array([b"2+2?", "4 ✓".encode()])},
+             "prompt": b"Q", "id": np.int64(3)}
+  assert _plain(example) == {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4 ✓"}],
+                             "prompt": "Q", "id": 3}

@@ -1,6 +1,7 @@
 r"""Memory per device of full fine-tuning against LoRA, from lmjax.aot's compile of the exact train step.
 
-  python experiments/post_training/lora_memory.py --num_devices=8 [--shapes=gpt2_small,llama_1b] [--ranks=8,64]
+  python experiments/post_training/lora_memory.py --num_devices=8 [--shapes=gpt2_small,llama_1b] [--ranks=8,64] \
+      [--remat=full]
 
 For each model shape it compiles the step of task='causal_lm' (the step SFT runs: same model, loss and batch
 layout) for a simulated mesh of --num_devices devices (2-way data x FSDP over the rest, the layout a fine-tune of a
@@ -60,10 +61,11 @@ def main() -> None:
   parser.add_argument("--shapes", default="gpt2_small,llama_1b")
   parser.add_argument("--ranks", default="8,64")
   parser.add_argument("--batch_per_device", type=int, default=1)
+  parser.add_argument("--remat", default="none", help="model.remat: 'none', 'full' or 'save_dots'")
   args = parser.parse_args()
   n = jax.device_count()
   print(f"{n} simulated devices (mesh data=2 x fsdp={n // 2}), batch {args.batch_per_device} sequence per device, "
-        f"AdamW (float32 moments), remat off\n")
+        f"AdamW (float32 moments), model.remat={args.remat}\n")
   print("| model | training | params | trainable | params/device GiB | optimizer state/device GiB | "
         "state/device GiB | temporaries/device GiB | total/device GiB |")
   print("|---|---|---|---|---|---|---|---|---|")
@@ -74,6 +76,7 @@ def main() -> None:
       c.tokenizer.vocab_size = vocab
       c.mesh.data, c.mesh.fsdp = 2, n // 2
       c.train.batch_size = args.batch_per_device * n
+      c.model.remat = args.remat
       c.finetune.lora.rank = rank
       c.finetune.lora.alpha = float(2 * rank) if rank else 16.0
       r = check(c, vocab)

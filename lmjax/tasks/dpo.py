@@ -133,10 +133,10 @@ def encode_pairs(config: ml_collections.ConfigDict, found: list, tokenizer: Toke
     chosen, rejected = (chat_examples.encode(p, tokenizer) for p in chat_examples.pair_pieces(record, template))
     longest = max(len(chosen.ids), len(rejected.ids))
     if longest > width:
+      response = lambda e: len(e.ids) - e.prompt_len - 1
       raise DataError(f"{record.where}: the pair is {longest} tokens long (prompt {chosen.prompt_len - 1}, chosen "
-                      f"{len(chosen.ids) - chosen.prompt_len - 1}, rejected {len(rejected.ids) - rejected.prompt_len - 1}"
-                      f", with <bos> and <eos>), more than data.seq_len + 1 = {width}; raise data.seq_len or drop "
-                      f"the pair")
+                      f"{response(chosen)}, rejected {response(rejected)}, with <bos> and <eos>), more than "
+                      f"data.seq_len + 1 = {width}; raise data.seq_len or drop the pair")
     rows += [chosen, rejected]
     prompts.append(SamplePrompt(chosen.prompt_text, tuple(int(i) for i in chosen.prompt_ids), chosen.reference))
   flat = packing.pack(rows, config.data.seq_len, pack_rows=False)
