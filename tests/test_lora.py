@@ -6,12 +6,10 @@ transformers."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import REPO, single_device_env

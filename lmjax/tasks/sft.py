@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import ClassVar, Iterable
 
 import grain
 import ml_collections
