@@ -1,9 +1,11 @@
 """Starting a fine-tuning run from a pretraining run (`finetune.init_from`): checks, tokenizer, parameters.
 
-What is copied: the 'encoder' and 'pooler' subtrees, which the pretraining model (Bert) and every fine-tuning model
-(lmjax.models.finetune_heads) name alike. The head starts from its random initialization. Everything is checked
-before anything compiles: the run must exist, use the same tokenizer and the same encoder shape; a mismatch is one
-line naming the config fields that differ.
+What is copied: for an encoder fine-tune, the 'encoder' and 'pooler' subtrees, which the pretraining model (Bert)
+and every fine-tuning model (lmjax.models.finetune_heads) name alike, while the head starts from its random
+initialization; for a decoder (causal_lm, sft, dpo), the whole model. LoRA adapters of the new run start fresh
+(lmjax/models/lora.py), and a run that trained adapters of its own is copied as its merged model. Everything is
+checked before anything compiles: the run must exist, use the same tokenizer and the same model shape; a mismatch
+is one line naming the config fields that differ.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from lmjax.config import ConfigError, flatten
-from lmjax.models import family
+from lmjax.models import family, lora
 from lmjax.models.finetune_heads import PRETRAINED_SUBTREES
 from lmjax.registry import TASKS
 from lmjax.saved_run import RunError, SavedRun, open_run
@@ -45,7 +47,11 @@ def check(config: ml_collections.ConfigDict) -> SavedRun | None:
                       f"(steps: {', '.join(map(str, run.steps)) or 'none'}); use 0 for its latest")
   if not run.steps:
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} has no checkpoint; train that run first")
-  if not TASKS.get(config.task).trains(family(run.config.model.name)):
+  mine, theirs = family(config.model.name).interface, family(run.config.model.name).interface
+  if mine == "next_token" and theirs != "next_token":
+    raise ConfigError(f"config.finetune.init_from={f.init_from!r} is a model.name={run.config.model.name!r} run; "
+                      f"task={config.task!r} starts from a decoder (a causal_lm, sft or dpo run, or an imported one)")
+  if mine != "next_token" and not TASKS.get(config.task).trains(family(run.config.model.name)):
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} is a model.name={run.config.model.name!r} run; "
                       f"task={config.task!r} starts from an encoder (a task='mlm' run, or another fine-tuning run)"
                       f"{' or, for classification, a decoder or encoder-decoder' if config.task != 'classification' else ''}")
@@ -74,31 +80,50 @@ def _paths(tree: Any) -> dict[str, Any]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _overlay(fresh: Any, loaded: Any) -> Any:
+  """The fresh tree with every array taken from `loaded` (same paths), except fresh LoRA adapters."""
+  if isinstance(fresh, dict):
+    return {k: v if k in lora.ADAPTER_NAMES else _overlay(v, loaded[k]) for k, v in fresh.items()}
+  return np.asarray(loaded, fresh.dtype)
+
+
 def pretrained_params(config: ml_collections.ConfigDict, params: Any) -> tuple[Any, list[str]]:
   """`params` (this model's fresh initialization, any sharding) with the pretrained subtrees of the
   finetune.init_from run in place of their random values: (params as host arrays, the subtrees copied)."""
   run = _open(config)
   saved, step = run.load_params(config.finetune.init_step or None)
-  # The run's parameters as this model's subtrees (a decoder's whole body becomes 'decoder', ...).
-  saved = family(run.config.model.name).pretrained_subtrees(dict(saved))
+  saved = jax.device_get(saved)
+  settings = lora.LoraSettings.from_config(run.config)
+  if settings is not None:  # a LoRA run continues as the model it computes
+    saved = lora.merge(saved, settings.scale)
+  whole = family(config.model.name).interface == "next_token"  # a decoder continues as a whole
+  if not whole:  # the run's parameters as this model's subtrees (a decoder's whole body becomes 'decoder', ...)
+    saved = family(run.config.model.name).pretrained_subtrees(dict(saved))
   new, copied = dict(jax.device_get(params)), []
   if not any(name in saved for name in new):
     raise ConfigError(f"config.finetune.init_from={config.finetune.init_from!r} (step {step}) has no "
                       f"'{next(iter(new))}' parameters to start from")
-  for name in PRETRAINED_SUBTREES:
-    if name not in new or name not in saved:
+  for name in (list(new) if whole else PRETRAINED_SUBTREES):
+    if name not in new:
+      continue
+    if name not in saved:
+      if whole:
+        raise ConfigError(f"config.finetune.init_from={config.finetune.init_from!r} (step {step}) has no "
+                          f"{name!r} parameters to start from")
       continue  # e.g. a pretraining run without a pooler: this one keeps its fresh pooler
-    fresh, loaded = _paths(new[name]), _paths(jax.device_get(saved[name]))
+    fresh, loaded = _paths(new[name]), _paths(saved[name])
     for path in sorted(set(fresh) | set(loaded)):
+      if path in fresh and path not in loaded and lora.is_adapter(path.split("/")):
+        continue  # this run's adapters start fresh
       if path not in fresh or path not in loaded:
         where = "this model" if path not in fresh else f"{config.finetune.init_from}"
         raise ConfigError(f"config.finetune.init_from: parameter {name}/{path} is missing from {where}; the "
-                          f"encoders differ, so set the model section to the run's")
+                          f"models differ, so set the model section to the run's")
       if fresh[path].shape != loaded[path].shape:
         raise ConfigError(f"config.finetune.init_from: parameter {name}/{path} has shape {loaded[path].shape} in "
                           f"{config.finetune.init_from} but {fresh[path].shape} here; set the model section to the "
                           f"run's")
-    new[name] = jax.tree_util.tree_map(lambda f, s: np.asarray(s, f.dtype), new[name], jax.device_get(saved[name]))
+    new[name] = _overlay(new[name], saved[name])
     copied.append(name)
   return new, copied
 

@@ -36,9 +36,14 @@ def check(config, vocab_size: int) -> dict[str, float]:
     compiled = progs.train_fn.lower(state, batches, *progs.frozen_args()).compile()
     compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
+  leaves, groups = jax.tree_util.tree_leaves(state.params), progs.task.param_groups(state.params)
+  frozen = [False] * len(leaves) if groups is None else [g == "frozen" for g in jax.tree_util.tree_leaves(groups)]
+  trainable = sum(int(p.size) for p, f in zip(leaves, frozen) if not f)  # LoRA: the adapters only
   # Donated state buffers are reused for the output state (alias), so they count once.
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
            + memory.temp_size_in_bytes)
   return {"devices": progs.mesh.size, "mesh": dict(progs.mesh.shape), "params": count_params(state.params),
-          "state_gib": _bytes_per_device(state) / GIB, "batch_gib": _bytes_per_device(batches) / GIB,
+          "trainable": trainable, "state_gib": _bytes_per_device(state) / GIB,
+          "params_gib": _bytes_per_device(state.params) / GIB,
+          "opt_state_gib": _bytes_per_device(state.opt_state) / GIB, "batch_gib": _bytes_per_device(batches) / GIB,
           "temp_gib": memory.temp_size_in_bytes / GIB, "total_gib": total / GIB, "compile_s": compile_s}

@@ -100,7 +100,12 @@ class SavedRun:
     return model_config(self.config, self.tokenizer.vocab_size)
 
   def model(self) -> Any:
-    return self.model_config().build()
+    """The run's model as it trained: with its LoRA adapters when it trained some (finetune.lora.rank > 0), so
+    whatever builds a model from a run (generation, evaluation, a teacher) computes the adapted model."""
+    from lmjax.models import lora  # pylint: disable=import-outside-toplevel
+    settings = lora.LoraSettings.from_config(self.config)
+    model = self.model_config().build()
+    return model if settings is None else lora.Adapted(model, settings)
 
   def load_params(self, step: int | None = None) -> tuple[Any, int]:
     return load_params(self.workdir, step)

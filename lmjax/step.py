@@ -16,6 +16,43 @@ import optax
 from lmjax.state import TrainState
 
 
+class _Trained:
+  """The parameters a step differentiates: all of them, or all but the task's 'frozen' optimizer group.
+
+  A frozen parameter is a constant of the differentiation, so its gradient is never computed and no gradient or
+  accumulation buffer of its size exists (with LoRA, that is every base weight); the optimizer still receives a
+  full gradient tree, zeros where frozen, which its frozen group discards."""
+
+  def __init__(self, task: Any, params: Any):
+    groups = task.param_groups(params)
+    self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
+    self.is_frozen = ([False] * len(self.leaves) if groups is None
+                      else [g == "frozen" for g in jax.tree_util.tree_leaves(groups)])
+
+  def select(self) -> list[jax.Array]:
+    return [p for p, f in zip(self.leaves, self.is_frozen) if not f]
+
+  def params(self, trained: list[jax.Array]) -> Any:
+    it = iter(trained)
+    return self.treedef.unflatten([p if f else next(it) for p, f in zip(self.leaves, self.is_frozen)])
+
+  def grads(self, trained_grads: list[jax.Array]) -> Any:
+    it = iter(trained_grads)
+    return self.treedef.unflatten([jnp.zeros_like(p) if f else next(it) for p, f in zip(self.leaves, self.is_frozen)])
+
+
+def loss_and_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, task: Any,
+                   frozen: Any = None) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+  """value_and_grad of the task's loss with respect to the parameters it trains (frozen ones read as zeros).
+  Differentiated with respect to `params` only: the `frozen` argument (a teacher, a reference) gets no gradient."""
+  trained = _Trained(task, params)
+  if not any(trained.is_frozen):
+    return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, frozen)
+  loss_of = lambda leaves: task.loss(trained.params(leaves), batch, rng, frozen)
+  out, grads = jax.value_and_grad(loss_of, has_aux=True)(trained.select())
+  return out, trained.grads(grads)
+
+
 def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, task: Any,
                       microbatches: int, frozen: Any = None) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
   """The large batch's loss and gradients, computed one microbatch at a time to bound activation memory.
@@ -23,14 +60,15 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   Each microbatch contributes its summed token loss, and the total is divided by all tokens of the batch, so the
   result is the large batch's token-mean, not a mean of microbatch means (they differ when padding differs).
   Microbatch m takes rows m, m + M, m + 2M, ...: with rows sharded over devices, every device keeps working on its
-  own rows and nothing moves between devices.
+  own rows and nothing moves between devices. Only trained parameters are differentiated and accumulated.
   """
   def split(x):
     return jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1)
   micro = jax.tree_util.tree_map(split, batch)
+  trained = _Trained(task, params)
 
-  def summed_loss(p, mb, r):
-    loss, aux = task.loss(p, mb, r, frozen)
+  def summed_loss(leaves, mb, r):
+    loss, aux = task.loss(trained.params(leaves), mb, r, frozen)
     return loss * aux["tokens"], aux
 
   # A task's other metrics (per-head losses, say) are averaged with the loss's weights.
@@ -41,17 +79,18 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   def body(carry, inputs):
     grads_sum, loss_sum, tokens, extras = carry
     index, mb = inputs
-    (loss_m, aux), grads = jax.value_and_grad(summed_loss, has_aux=True)(params, mb, jax.random.fold_in(rng, index))
+    (loss_m, aux), grads = jax.value_and_grad(summed_loss, has_aux=True)(trained.select(), mb,
+                                                                          jax.random.fold_in(rng, index))
     grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
     extras = {k: v + aux[k] * aux["tokens"] for k, v in extras.items()}
     return (grads_sum, loss_sum + loss_m, tokens + aux["tokens"], extras), None
 
-  zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  zeros = [jnp.zeros(p.shape, jnp.float32) for p in trained.select()]
   extras = {k: jnp.zeros(s.shape, jnp.float32) for k, s in extra_shapes.items()}
   init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), extras)
   (grads_sum, loss_sum, tokens, extras), _ = jax.lax.scan(body, init, (jnp.arange(microbatches), micro))
   denominator = jnp.maximum(tokens, 1.0)
-  grads = jax.tree_util.tree_map(lambda g, p: (g / denominator).astype(p.dtype), grads_sum, params)
+  grads = trained.grads([(g / denominator).astype(p.dtype) for g, p in zip(grads_sum, trained.select())])
   loss = loss_sum / denominator
   return (loss, {**{k: v / denominator for k, v in extras.items()}, "loss": loss, "tokens": tokens}), grads
 
@@ -61,8 +100,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = Non
                microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   rng = jax.random.fold_in(state.rng, state.step)
   if microbatches == 1:
-    # Differentiated with respect to the first argument only: frozen parameters get no gradient.
-    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng, frozen)
+    (loss, aux), grads = loss_and_grads(state.params, batch, rng, task=task, frozen=frozen)
   else:
     (loss, aux), grads = accumulated_grads(state.params, batch, rng, task=task, microbatches=microbatches,
                                            frozen=frozen)

@@ -29,7 +29,7 @@ from lmjax.preemption import Preempted, StopSignals
 from lmjax.profiling import StepProfiler
 from lmjax.registry import TASKS
 from lmjax.state import abstract_train_state, count_params, create_train_state
-from lmjax.tasks.base import Task, TaskData, VocabInfo
+from lmjax.tasks.base import SamplePrompt, Task, TaskData, VocabInfo
 from lmjax.workdir import check_and_record_config
 
 
@@ -123,6 +123,61 @@ class Sampler:
       body = "".join(f"--- sample {i} (step {step}) ---\n{text}\n\n" for i, text in enumerate(texts))
       (self.dir / f"step_{step:06d}.txt").write_text(body)
     return texts
+
+
+class AnswerSampler:
+  """Answers to the data's own held-out prompts (SFT's questions), written at each eval beside the data's answers:
+  workdir/samples/step_NNNNNN.txt to read and step_NNNNNN.jsonl ({"prompt", "answer", "reference"}) for tools.
+  Each prompt is continued in the trained context, over a cache, until <eos> or train.sample_length tokens."""
+
+  def __init__(self, config: ml_collections.ConfigDict, decoder: Any, tokenizer: Tokenizer, workdir: Path,
+               mesh: jax.sharding.Mesh, rules: sharding.Rules, prompts: list[SamplePrompt]):
+    t = config.train
+    window = min(config.model.max_len, config.data.seq_len)
+    self.prompts = [p for p in prompts if len(p.ids) < window][:t.num_samples]
+    self.tokenizer, self.dir, self.seed = tokenizer, workdir / "samples", config.seed
+    P = max((len(p.ids) for p in self.prompts), default=1)
+    self.new_tokens = min(t.sample_length, window - P)
+    prompt_BP = np.zeros((max(len(self.prompts), 1), P), np.int32)
+    for i, p in enumerate(self.prompts):
+      prompt_BP[i, :len(p.ids)] = p.ids
+    self.lengths_B = np.asarray([len(p.ids) for p in self.prompts] or [1], np.int32)
+    self.prompt_BP = sharding.replicated(prompt_BP, mesh)
+    self.device_lengths_B = sharding.replicated(self.lengths_B, mesh)
+    settings = dict(temperature=t.sample_temperature, top_k=t.sample_top_k, max_new_tokens=max(self.new_tokens, 1))
+    answer = lambda params, prompt_BP, lengths_B, rng: generate(decoder, params, prompt_BP, lengths_B, rng, **settings)
+    self._generate = jax.jit(answer, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    self.mesh, self.rules = mesh, sharding.without_batch_sharding(rules)
+
+  def __call__(self, params: Any, step: int) -> list[str]:
+    if not self.prompts or self.new_tokens < 1:
+      return []
+    rng = sharding.replicated(np.asarray(jax.random.PRNGKey(self.seed + step)), self.mesh)
+    with sharding.activate(self.mesh, self.rules):
+      tokens_BT = np.asarray(self._generate(params, self.prompt_BP, self.device_lengths_B, rng).addressable_data(0))
+    records = []
+    for prompt, length, row in zip(self.prompts, self.lengths_B, tokens_BT):
+      new = row[length:length + self.new_tokens].tolist()
+      new = new[: new.index(EOS_ID)] if EOS_ID in new else new
+      records.append({"prompt": prompt.text, "answer": self.tokenizer.decode(new), "reference": prompt.reference})
+    if jax.process_index() == 0:
+      self.dir.mkdir(parents=True, exist_ok=True)
+      body = "".join(f"--- sample {i} (step {step}) ---\n{r['prompt']}{r['answer']}\n--- reference ---\n"
+                     f"{r['reference']}\n\n" for i, r in enumerate(records))
+      (self.dir / f"step_{step:06d}.txt").write_text(body, encoding="utf-8")
+      (self.dir / f"step_{step:06d}.jsonl").write_text(
+          "".join(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return [r["prompt"] + r["answer"] for r in records]
+
+
+def make_sampler(config: ml_collections.ConfigDict, model: Any, tokenizer: Tokenizer, workdir: Path,
+                 mesh: jax.sharding.Mesh, rules: sharding.Rules, prompts: list[SamplePrompt]) -> Any:
+  """Answers to the data's prompts when it brings some (and the model decodes over a cache), else samples
+  continuing train.sample_prompt."""
+  decoder = step_decoder(model)
+  if prompts and decoder is not None:
+    return AnswerSampler(config, decoder, tokenizer, workdir, mesh, rules, prompts)
+  return Sampler(config, model, tokenizer, workdir, mesh, rules)
 
 
 def evaluate(eval_fn, params: Any, batches: list[dict[str, np.ndarray]], task: Any) -> dict[str, float]:
@@ -242,7 +297,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %s.", config.model.name,
                f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind, data.summary)
 
-  sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules) if task.generates_text else None
+  sampler = (make_sampler(config, model, tokenizer, workdir, mesh, progs.rules, data.sample_prompts())
+             if task.generates_text else None)
   harness_tasks = None
   if t.eval_tasks:  # lm-evaluation-harness tasks (lmjax[eval]); names and data are checked before the first step
     from lmjax.harness import TrainingTasks  # pylint: disable=import-outside-toplevel

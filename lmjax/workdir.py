@@ -20,13 +20,14 @@ IDENTITY_FIELDS = (("data", "seq_len"), ("data", "source"), ("data", "paths"), (
                    ("data", "hf_name"), ("data", "hf_data_files"), ("data", "hf_streaming"), ("data", "mixture"))
 # Model fields that change how the step computes the same function, never the parameters: a resumed run may switch.
 COMPUTE_FIELDS = ("model.attention_impl",)
+IDENTITY_PREFIXES = ("finetune.lora.",)  # LoRA adapters are part of the saved parameters
 
 
 def _is_identity(field: str) -> bool:
   section, _, name = field.partition(".")
   if field in COMPUTE_FIELDS:
     return False
-  return section in IDENTITY_SECTIONS or (section, name) in IDENTITY_FIELDS
+  return section in IDENTITY_SECTIONS or (section, name) in IDENTITY_FIELDS or field.startswith(IDENTITY_PREFIXES)
 
 
 def changed_fields(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:

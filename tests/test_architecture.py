@@ -26,7 +26,7 @@ LAYERS = (
     ("runs", ("lmjax.compile_cache", "lmjax.profiling", "lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
               "lmjax.optim", "lmjax.prepare", "lmjax.workdir", "lmjax.init_from", "lmjax.hf", "lmjax.hf.gpt2",
               "lmjax.hf.bert", "lmjax.hf.architectures", "lmjax.hf.adapter", "lmjax.hf.llama", "lmjax.hf.gemma",
-              "lmjax.hf.t5", "lmjax.scoring", "lmjax.harness")),
+              "lmjax.hf.t5", "lmjax.scoring", "lmjax.harness", "lmjax.frozen_run", "lmjax.hf.peft")),
     ("tasks", ("lmjax.tasks", "lmjax.tasks.*", "lmjax.distill", "lmjax.distill.heads", "lmjax.distill.layers",
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
     ("programs", ("lmjax.step", "lmjax.programs", "lmjax.memory_check")),

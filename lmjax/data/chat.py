@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -82,6 +83,12 @@ def check_messages(messages: Any, where: str = "conversation") -> list[dict[str,
   return out
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(source: str) -> Any:
+  """A template compiled once: a dataset renders each conversation once per message."""
+  return _environment().from_string(source)
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatTemplate:
   """A Jinja chat template and the special-token strings it may refer to."""
@@ -118,7 +125,7 @@ class ChatTemplate:
     import jinja2  # pylint: disable=import-outside-toplevel
     messages = check_messages(list(messages), self.name)
     try:
-      template = _environment().from_string(self.source)
+      template = _compiled(self.source)
     except jinja2.exceptions.TemplateSyntaxError as e:
       raise ChatError(f"{self.name}: the chat template does not parse ({e.message}, line {e.lineno})") from None
     try:

@@ -75,6 +75,9 @@ class Architecture:
   export_config: Callable[[dict[str, Any], VocabMap], dict[str, Any]]
   read_tokenizer: Callable[[Path, int], Any]
   family: str = "a Hugging Face"  # for messages
+  # How its dense weights are stored: [out, in] (torch.nn.Linear) or [in, out] (GPT-2's Conv1D); LoRA adapters
+  # exported in PEFT's format follow it (lmjax/hf/peft.py).
+  weight_layout: str = "out_in"
 
 
 def needs(model: Any, model_type: str, **fields: Any) -> list[str]:

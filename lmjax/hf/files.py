@@ -140,10 +140,10 @@ def read_weights(hf_dir: Path) -> dict[str, np.ndarray]:
   return {name: weights.read(name) for name in sorted(weights.names)}
 
 
-def write_weights(hf_dir: Path, weights: dict[str, np.ndarray]) -> None:
+def write_weights(hf_dir: Path, weights: dict[str, np.ndarray], name: str = SAFETENSORS_FILE) -> None:
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
-  save_file(arrays, str(hf_dir / SAFETENSORS_FILE), metadata={"format": "pt"})
+  save_file(arrays, str(hf_dir / name), metadata={"format": "pt"})
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -119,4 +119,4 @@ def export_config(model: dict[str, Any], vocab: VocabMap) -> dict[str, Any]:
 
 
 ARCHITECTURES = (Architecture("gpt2", "gpt", "causal_lm", model_fields, plan, mismatches, export_params,
-                              export_config, read_bpe_tokenizer, "a GPT-2"),)
+                              export_config, read_bpe_tokenizer, "a GPT-2", weight_layout="in_out"),)

@@ -165,6 +165,9 @@ def import_checkpoint(hf_dir: str | Path, workdir: str | Path, base_config: Any 
   from lmjax.workdir import check_and_record_config  # pylint: disable=import-outside-toplevel
 
   hf_dir, workdir = checkpoint_dir(hf_dir), Path(workdir)
+  if base_config is not None and base_config.finetune.lora.rank:
+    raise HfError(f"config.finetune.lora.rank={base_config.finetune.lora.rank}: an import writes the checkpoint's own "
+                  f"model; train adapters in a run that starts from it (finetune.init_from={str(workdir)!r})")
   if has_checkpoints(workdir / "checkpoints"):
     raise HfError(f"--workdir={workdir} already holds checkpoints; import into a new directory")
   hf = read_config(hf_dir)

@@ -38,6 +38,9 @@ them:
      predictions, step=..., out_dir=...) -> {metric: float}` once per split, whose metrics join the split's
      summarized ones (F1, Matthews correlation, BLEU, SQuAD EM/F1). out_dir (None except on process 0) is where a
      task writes what it predicted, for people to read.
+  9. Tasks with `generates_text = True`: at each eval the trainer writes samples to workdir/samples/. They continue
+     `data.sample_prompts()` (held-out prompts with the data's own answers, e.g. SFT's), or when that is empty
+     train.sample_prompt.
 
 `frozen` is None for tasks without frozen parameters. Batches are dicts of numpy arrays with the batch as dim 0
 (any rank: [B], [B, L], [B, P]); the trainer stacks `steps_per_call` of them into [S, B, ...] and shards dim 0
@@ -73,6 +76,14 @@ class VocabInfo:
   token_chars_V: Any = None
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplePrompt:
+  """A prompt the trainer's samples continue at each eval, from the task's data."""
+  text: str  # the prompt as text, shown before the model's answer
+  ids: tuple[int, ...]  # its token ids, <bos> first
+  reference: str = ""  # the answer the data gives, shown beside the model's
+
+
 class TaskData(abc.ABC):
   """A run's prepared data: an endless train stream and named eval sets, each cut into this process's rows."""
 
@@ -93,6 +104,10 @@ class TaskData(abc.ABC):
     del split, index_N, predictions, step, out_dir
     return {}
 
+  def sample_prompts(self) -> list[SamplePrompt]:
+    """Prompts for the samples of tasks with `generates_text`; none by default (train.sample_prompt is used)."""
+    return []
+
 
 class Task(abc.ABC):
   """An objective: its model, its data, and what a train or eval step computes on a batch."""
@@ -106,6 +121,7 @@ class Task(abc.ABC):
   evaluates_other_lengths: ClassVar[bool] = False  # whether train.extra_eval_seq_lens applies
   chunked_loss: ClassVar[bool] = False  # whether train.loss_chunk_tokens applies (its loss reads a vocabulary head)
   mixes_sources: ClassVar[bool] = False  # whether it trains on a weighted data.mixture (eval/<source> per source)
+  supports_lora: ClassVar[bool] = False  # whether finetune.lora trains low-rank adapters on its model instead
   sections: ClassVar[tuple[str, ...]] = ()  # the registered config sections it reads (lmjax.config.reads)
 
   # --- the config -------------------------------------------------------------------------------------------------

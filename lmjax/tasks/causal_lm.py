@@ -17,7 +17,7 @@ from lmjax.data import mixture, pipeline, sources, streaming
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
-from lmjax.models import model_config
+from lmjax.models import lora, model_config
 from lmjax.models.base import FitResult
 from lmjax.models.vocab_head import token_stats
 from lmjax.registry import TASKS
@@ -158,6 +158,8 @@ class CausalLmTask(Task):
   evaluates_other_lengths: ClassVar[bool] = True
   chunked_loss: ClassVar[bool] = True
   mixes_sources: ClassVar[bool] = True
+  supports_lora: ClassVar[bool] = True
+  sections: ClassVar[tuple[str, ...]] = ("finetune",)  # init_from (a decoder run to continue) and lora
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
@@ -172,7 +174,11 @@ class CausalLmTask(Task):
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "CausalLmTask":
     cfg = model_config(config, vocab.size)
     as_array = lambda x: None if x is None else jnp.asarray(x)
-    return cls(cfg.build(), config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
+    model = cfg.build()
+    if not cfg.fit_only:  # adapters on its dense layers when finetune.lora.rank > 0
+      tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
+      model = lora.adapt(model, lora.LoraSettings.from_config(config), (tokens,))
+    return cls(model, config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
                fits=cfg.fit_only, loss_chunk=config.train.loss_chunk_tokens)
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
@@ -186,6 +192,10 @@ class CausalLmTask(Task):
 
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct((batch_size, self.seq_len), dt) for k, dt in BATCH_DTYPES.items()}
+
+  def param_groups(self, params: Any) -> Any:
+    """With LoRA (finetune.lora.rank > 0) only the adapters train; otherwise one group."""
+    return lora.param_groups(params) if lora.settings_of(self.model) is not None else None
 
   def logits(self, params, batch, *, deterministic: bool, rng: jax.Array | None = None) -> jax.Array:
     """Logits [B, L, V]; with train.loss_chunk_tokens, a Hidden that `token_stats` projects chunk by chunk."""

@@ -20,7 +20,9 @@ import ml_collections
 from lmjax import config as config_lib
 from lmjax.data import example_arrays
 from lmjax.data.example_arrays import Arrays
+from lmjax.models import lora
 from lmjax.models.finetune_heads import PRETRAINED_SUBTREES
+from lmjax.registry import MODELS, TASKS
 from lmjax.tasks.base import Batch, Task, TaskData
 
 # Fine-tuning the BERT encoder: task='classification' (single sentences or pairs; regression), 'tagging' (CoNLL
@@ -47,6 +49,7 @@ FIELDS = {
     "freeze_embeddings": False,  # keep the token, position and token-type embeddings fixed
     "freeze_layers": 0,  # keep the first k encoder layers fixed
     "head_lr_multiplier": 1.0,  # learning rate of the new head (and anything not pretrained) relative to the rest
+    "lora": lora.FIELDS,  # low-rank adapters instead of full updates (lmjax/models/lora.py; docs/post_training.md)
 }
 
 
@@ -54,6 +57,14 @@ def _validate_unused(cfg: ml_collections.ConfigDict) -> None:
   if not config_lib.reads(cfg, "finetune") and cfg.finetune.init_from:
     config_lib.fail("finetune.init_from", cfg.finetune.init_from, f"starts a fine-tuning task from a pretraining "
                     f"run; task={cfg.task!r} does not use it, so set it to ''")
+  lora.validate(cfg)
+  if cfg.finetune.lora.rank and cfg.task in TASKS and not TASKS.get(cfg.task).supports_lora:
+    adapting = ", ".join(n for n, c in TASKS.items() if c.supports_lora)
+    config_lib.fail("finetune.lora.rank", cfg.finetune.lora.rank, f"task={cfg.task!r} does not train LoRA adapters "
+                    f"(the tasks that do: {adapting}); set it to 0")
+  if cfg.finetune.lora.rank and cfg.model.name in MODELS and MODELS.get(cfg.model.name).fit_only:
+    config_lib.fail("finetune.lora.rank", cfg.finetune.lora.rank, f"model.name={cfg.model.name!r} is fitted in one "
+                    f"pass, not trained by gradients; set it to 0")
 
 
 config_lib.register_section("finetune", FIELDS, _validate_unused)
