@@ -141,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text_key = "text"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
+  c.data.test_split = ""  # causal_lm: also score this split as 'test', e.g. 'validation[50%:]'; '' for none
   c.data.data_dir = ""
   c.data.document_split = "paragraph"
   c.data.validation_fraction = 0.1
@@ -261,6 +262,13 @@ def _validate_data(cfg: ml_collections.ConfigDict) -> None:
     fail("data.validation_fraction", d.validation_fraction, "must be strictly between 0 and 1")
   at_least(cfg, "data.seq_len", 1)
   at_least(cfg, "data.num_workers", 0)
+  task = registry.TASKS.get(cfg.task)
+  if d.test_split.strip() and not task.scores_test_split:
+    fail("data.test_split", d.test_split, f"task={cfg.task!r} does not read it (tasks that do: "
+         f"{', '.join(n for n, c in registry.TASKS.items() if c.scores_test_split)}); set it to ''")
+  if d.test_split.strip() and d.test_split.strip() == d.eval_split.strip():
+    fail("data.test_split", d.test_split, "is data.eval_split; a test split must hold other text, e.g. "
+         "data.eval_split='validation[:50%]' and data.test_split='validation[50%:]'")
 
 
 def _validate_tokenizer(cfg: ml_collections.ConfigDict) -> None:

@@ -263,7 +263,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   end = t.num_steps if stop_at is None else min(stop_at, t.num_steps)
   log = writers.TrainLog(tokens_per_step=t.batch_size * d.seq_len,
                          learning_rate=learning_rate_schedule(config.optim, t.num_steps),
-                         num_params=count_params(state.params))
+                         num_params=count_params(state.params),
+                         flops_per_step=task.train_flops(state.params, t.batch_size))
   eval_metrics: dict[str, float] = {}
   first_call = True
   try:
@@ -310,7 +311,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   if not eval_metrics and step >= t.num_steps:  # a finished run started again: report its final metrics
     eval_metrics = run_eval(step, write=False)
   if step >= t.num_steps and t.plot:
-    path = writers.plot_loss_curves(workdir)
+    path = writers.plot_loss_curves(workdir, loss_unit=task.loss_unit)
     if path:
       logging.info("Loss curve: %s", path)
   return eval_metrics

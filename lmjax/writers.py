@@ -65,11 +65,14 @@ class TrainLog:
 
   Means are over the steps that were not skipped (a non-finite step changed nothing, so its loss says nothing about
   the model). Throughput counts training only: the first call (which compiles) and the seconds passed to `exclude`
-  (evaluating, checkpointing) are left out. The first record also carries the model's parameter count.
+  (evaluating, checkpointing) are left out. The first record also carries the model's parameter count and, when
+  the model family counts them, its training FLOPs per step (`flops_per_step`; step s has cost s times that).
   """
 
-  def __init__(self, *, tokens_per_step: int, learning_rate: Callable[[int], Any], num_params: int):
+  def __init__(self, *, tokens_per_step: int, learning_rate: Callable[[int], Any], num_params: int,
+               flops_per_step: float | None = None):
     self.tokens_per_step, self.learning_rate, self.num_params = tokens_per_step, learning_rate, num_params
+    self.flops_per_step = flops_per_step
     self._first_row = True
     self._start_interval()
 
@@ -102,6 +105,8 @@ class TrainLog:
     mean_ok = lambda key: float(np.mean(gather(key)[ok])) if ok.any() else float("nan")
     seconds_per_step = self.seconds_per_step
     row = {"num_params": self.num_params} if self._first_row else {}
+    if self._first_row and self.flops_per_step is not None:
+      row["flops_per_step"] = float(self.flops_per_step)
     self._first_row = False
     row |= {"loss": mean_ok("loss")}
     row |= {key: mean_ok(key) for key in sorted(fetched[0]) if key not in _STEP_BOOKKEEPING}  # the task's metrics
@@ -119,13 +124,15 @@ def eval_line(split: str, step: int, metrics: Mapping[str, float]) -> str:
 def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], seconds_left: float) -> str:
   eta = time.strftime("%H:%M:%S", time.gmtime(seconds_left)) if math.isfinite(seconds_left) else "?"
   extras = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                      if k not in ("loss", "tokens", "tokens_per_s", "steps_per_s", "num_params"))
+                      if k not in ("loss", "tokens", "tokens_per_s", "steps_per_s", "num_params", "flops_per_step"))
   return (f"step {step:>6d}/{num_steps} | loss {metrics['loss']:.4f} | {metrics['tokens_per_s']:,.0f} tok/s | "
           f"eta {eta} | {extras}")
 
 
-def plot_loss_curves(workdir: str | os.PathLike, filename: str = "loss.png") -> Path | None:
-  """Train and eval loss against step, from metrics.jsonl; returns the PNG path."""
+def plot_loss_curves(workdir: str | os.PathLike, filename: str = "loss.png",
+                     loss_unit: str = "nats per token") -> Path | None:
+  """Train and eval loss against step, from metrics.jsonl; returns the PNG path. `loss_unit` is what the task's
+  loss is a mean of (Task.loss_unit), for the y axis."""
   records = read_metrics(workdir)
   if jax.process_index() != 0 or not records:
     return None
@@ -138,8 +145,8 @@ def plot_loss_curves(workdir: str | os.PathLike, filename: str = "loss.png") -> 
     if points:
       steps, losses = zip(*sorted(dict(points).items()))
       ax.plot(steps, losses, style, label=split, markersize=4)
-  ax.set_xlabel("step")
-  ax.set_ylabel("loss (nats/token)")
+  ax.set_xlabel("training step")
+  ax.set_ylabel(f"loss ({loss_unit})")
   ax.set_title(Path(workdir).name)
   ax.grid(alpha=0.3)
   ax.legend()

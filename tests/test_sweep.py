@@ -77,8 +77,8 @@ def test_names_are_readable_stable_and_unique():
   assert sweep.point_name({"train.sample_prompt": "a/b"}).startswith("sample_prompt=a_b-")
   assert sweep.point_name({"model.dropout": 0.1, "model.attention_dropout": 0.0, "train.plot": False}) == \
       "dropout=0.1,attention_dropout=0.0,plot=false"
-  clash = sweep.point_name({"data.seed": 1, "seed": 2})  # two fields named 'seed' keep their full names
-  assert clash == "data.seed=1,seed=2"
+  clash = sweep.point_name({"data.seed": 1, "mlm.seed": 2})  # two fields named 'seed' keep their full names
+  assert clash == "data.seed=1,mlm.seed=2"
   grid = h.product([h.sweep("model.position", ["learned", "rope", "alibi"]), h.sweep("optim.learning_rate",
                                                                                     [1e-4, 3e-4, 1e-3])])
   names = [sweep.point_name(p) for p in grid]

@@ -78,7 +78,7 @@ def _open_local(data_cfg: ml_collections.ConfigDict, split: str, data_dir: Path)
     raise DataError(f"split {split!r} (data.train_split / data.eval_split) does not exist for "
                     f"data.source={data_cfg.source!r}; local text has splits {LOCAL_SPLITS}")
   builder = _local_builder(data_cfg, data_dir)
-  fingerprint = f"{data_cfg.source}-{builder.builder_config.name}-{_safe(split)}"
+  fingerprint = f"{data_cfg.source}-{builder.builder_config.name}-{_split_key(split)}"
   return TextSource(builder.as_data_source(split=split), "text", fingerprint)
 
 
@@ -110,6 +110,13 @@ def _open_tfds(data_cfg: ml_collections.ConfigDict, split: str, data_dir: Path) 
 
 def _safe(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _split_key(split: str) -> str:
+  """The split in a file name; slices that sanitize alike ('validation[:50%]', 'validation[50%:]') get a digest of
+  the exact text, so their token caches never collide."""
+  safe = _safe(split)
+  return safe if safe == split else f"{safe}-{hashlib.sha256(split.encode()).hexdigest()[:8]}"
 
 
 def open_split(data_cfg: ml_collections.ConfigDict, split: str, data_dir: str | os.PathLike) -> TextSource:

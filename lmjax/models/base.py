@@ -12,18 +12,40 @@ do, so that tasks, decoding and validation ask the family instead of testing nam
   decodes      extends a sequence over a key/value cache (lmjax.decode drives `init_cache` / `extend`).
   sows_layers  records per-layer hidden states and attention maps when asked (distillation).
   fit_only     has no gradient training: fitted in one pass over the data (the n-gram model).
+
+Each family also counts its own training compute (`flops_per_token`, `flops_per_pair`): FLOPs of one forward and
+backward pass, 6 per parameter that multiplies a token (2 forward, 4 backward) plus what attention adds, the
+convention of nanoGPT and PaLM (appendix B). lmjax.report puts runs on a compute axis with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import math
+from typing import Any, ClassVar, Iterable, Mapping
 
 import ml_collections
 
 from lmjax import config as config_lib
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def multiplying_params(params: Mapping[str, Any], lookups: Iterable[tuple[str, ...]] = ()) -> int:
+  """Parameters that multiply the tokens: every leaf of `params` (arrays or ShapeDtypeStructs) except the lookup
+  tables at the paths in `lookups` (an embedding row is read, not multiplied); paths the tree lacks are skipped."""
+  def size(tree: Any) -> int:
+    if isinstance(tree, Mapping):
+      return sum(size(v) for v in tree.values())
+    return math.prod(tree.shape)
+  total = size(params)
+  for path in lookups:
+    node: Any = params
+    for key in path:
+      node = node.get(key) if isinstance(node, Mapping) else None
+    if node is not None:
+      total -= size(node)
+  return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,4 +127,19 @@ class ModelConfig:
 
   def context_limit(self) -> int | None:
     """max_context of this frozen config."""
+    return None
+
+  # --- training compute -------------------------------------------------------------------------------------------
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """Training FLOPs (forward and backward) per token, trained in windows of seq_len tokens; `params` is the
+    parameter tree (arrays or shapes). None: this family does not count them (the default), and reports leave its
+    compute columns empty."""
+    del params, seq_len
+    return None
+
+  def flops_per_pair(self, params: Any, source_len: int, target_len: int) -> float | None:
+    """Training FLOPs of one (source, target) pair padded to these lengths, for sequence-to-sequence families;
+    None (the default) for the others."""
+    del params, source_len, target_len
     return None

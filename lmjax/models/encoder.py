@@ -124,3 +124,9 @@ class BertConfig(TransformerConfig):
   @classmethod
   def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
     config_lib.at_least(cfg, "model.type_vocab_size", 1)
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """Not counted: the pretraining heads run on a task-dependent subset of positions (the masked ones, the
+    [CLS] vector), so a per-token count would depend on the task, not the family."""
+    del params, seq_len
+    return None

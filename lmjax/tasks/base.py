@@ -104,7 +104,10 @@ class Task(abc.ABC):
   generates_text: ClassVar[bool] = False  # whether the trainer writes generated samples (a causal language model)
   predicts: ClassVar[bool] = False  # whether eval runs `predict` and scores the split with `data.score`
   evaluates_other_lengths: ClassVar[bool] = False  # whether train.extra_eval_seq_lens applies
+  scores_test_split: ClassVar[bool] = False  # whether data.test_split applies (scored as split 'test')
   sections: ClassVar[tuple[str, ...]] = ()  # the registered config sections it reads (lmjax.config.reads)
+  # What the "loss" metric is a mean of, as loss plots and reports label it; each task states its own.
+  loss_unit: ClassVar[str] = "nats per token"
 
   # --- the config -------------------------------------------------------------------------------------------------
 
@@ -176,6 +179,13 @@ class Task(abc.ABC):
     """A fresh run's parameters before the first step; unchanged by default."""
     del frozen
     return params
+
+  def train_flops(self, params: Any, batch_size: int) -> float | None:
+    """Training FLOPs of one step of `batch_size` rows, from the model family's count for this task's shapes
+    (ModelConfig.flops_per_token / flops_per_pair); None (the default): not counted, and reports leave the run's
+    compute columns empty."""
+    del params, batch_size
+    return None
 
   # --- the steps ----------------------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from lmjax.data import pipeline
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
 from lmjax.models import model_config
-from lmjax.models.base import FitResult
+from lmjax.models.base import FitResult, ModelConfig
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 
@@ -27,10 +27,12 @@ BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.in
 
 @dataclasses.dataclass(frozen=True)
 class LmData(TaskData):
-  """The tokenized train and eval splits: windows of data.seq_len tokens (lmjax.data.pipeline)."""
+  """The tokenized train and eval splits: windows of data.seq_len tokens (lmjax.data.pipeline); with
+  data.test_split, a test split too."""
   config: ml_collections.ConfigDict
   train_tokens: pipeline.TokenizedSplit
   eval_tokens: pipeline.TokenizedSplit
+  test_tokens: pipeline.TokenizedSplit | None = None
 
   @property
   def summary(self) -> str:
@@ -43,15 +45,18 @@ class LmData(TaskData):
                                        sampling=d.sampling)
 
   def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
-    """'eval' at data.seq_len, plus 'eval_lenN' for each train.extra_eval_seq_lens (length extrapolation)."""
+    """'eval' at data.seq_len, plus 'eval_lenN' for each train.extra_eval_seq_lens (length extrapolation), and
+    'test' (at data.seq_len) with data.test_split."""
     t = self.config.train
-    def at(seq_len: int) -> list[Batch]:
-      return pipeline.make_eval_batches(self.eval_tokens, seq_len, t.eval_batch_size or t.batch_size,
+    def at(seq_len: int, tokens: pipeline.TokenizedSplit | None = None) -> list[Batch]:
+      return pipeline.make_eval_batches(tokens or self.eval_tokens, seq_len, t.eval_batch_size or t.batch_size,
                                         max_batches=t.eval_batches or None, process_index=process_index,
                                         process_count=process_count)
     sets = {"eval": at(self.config.data.seq_len)}
     for length in parse_lengths(t.extra_eval_seq_lens):
       sets[f"eval_len{length}"] = at(length)
+    if self.test_tokens is not None:
+      sets["test"] = at(self.config.data.seq_len, self.test_tokens)
     return sets
 
 
@@ -64,27 +69,38 @@ class CausalLmTask(Task):
   token_bytes_V: jax.Array | None = None  # UTF-8 bytes per token id, for bits per byte
   token_chars_V: jax.Array | None = None  # characters per token id, for bits per character
   fits: bool = False  # the model is fitted in one pass (model.fit) instead of trained
+  family_config: ModelConfig | None = None  # the model's frozen config, which counts its training FLOPs
 
   model_interface: ClassVar[str] = "next_token"
   accepts_fit_only: ClassVar[bool] = True
   generates_text: ClassVar[bool] = True
   evaluates_other_lengths: ClassVar[bool] = True
+  scores_test_split: ClassVar[bool] = True
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> LmData:
     d = config.data
+    test = pipeline.tokenize_split(d, d.test_split, tokenizer, data_dir) if d.test_split else None
     return LmData(config, pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir),
-                  pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
+                  pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir), test)
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "CausalLmTask":
     cfg = model_config(config, vocab.size)
     as_array = lambda x: None if x is None else jnp.asarray(x)
     return cls(cfg.build(), config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
-               fits=cfg.fit_only)
+               fits=cfg.fit_only, family_config=cfg)
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
-    return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens) if self.fits else None
+    if not self.fits:
+      return None
+    return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens, test_tokens=data.test_tokens)
+
+  def train_flops(self, params: Any, batch_size: int) -> float | None:
+    if self.family_config is None:
+      return None
+    per_token = self.family_config.flops_per_token(params, self.seq_len)
+    return None if per_token is None else per_token * batch_size * self.seq_len
 
   def init_args(self) -> tuple[jax.Array, ...]:
     return (jnp.zeros((1, self.seq_len), jnp.int32),)

@@ -88,6 +88,7 @@ class ClassificationData(ExampleData):
 class ClassificationTask(EncoderTask):
   regression: bool = False
   kind: ClassVar[str] = "classification"
+  loss_unit: ClassVar[str] = "nats per example; squared error per example for a regression"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> ClassificationData:

@@ -101,6 +101,7 @@ class MlmTask(Task):
 
   model_interface: ClassVar[str] = "encoder"
   sections: ClassVar[tuple[str, ...]] = ("mlm",)
+  loss_unit: ClassVar[str] = "nats per masked token, plus nats per pair with mlm.nsp"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> MlmData:

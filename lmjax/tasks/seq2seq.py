@@ -31,6 +31,7 @@ from lmjax.data import parallel
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.models import family, model_config
+from lmjax.models.base import ModelConfig
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 
@@ -271,10 +272,12 @@ class Seq2seqTask(Task):
   length_penalty: float
   max_decode_len: int
   eval_decode_examples: int
+  family_config: ModelConfig | None = None  # the model's frozen config, which counts its training FLOPs
 
   model_interface: ClassVar[str] = "seq2seq"
   predicts: ClassVar[bool] = True
   sections: ClassVar[tuple[str, ...]] = ("seq2seq",)
+  loss_unit: ClassVar[str] = "nats per target token, label-smoothed"
 
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
@@ -294,9 +297,17 @@ class Seq2seqTask(Task):
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "Seq2seqTask":
     s = config.seq2seq
-    return cls(model_config(config, vocab.size).build(), s.source_max_len, s.target_max_len,
+    family_config = model_config(config, vocab.size)
+    return cls(family_config.build(), s.source_max_len, s.target_max_len,
                s.label_smoothing, s.beam_size, s.length_penalty, s.max_decode_len or s.target_max_len,
-               s.eval_decode_examples)
+               s.eval_decode_examples, family_config=family_config)
+
+  def train_flops(self, params: Any, batch_size: int) -> float | None:
+    """Rows are padded (or packed) to source_max_len and target_max_len tokens, and every position is computed."""
+    if self.family_config is None:
+      return None
+    per_pair = self.family_config.flops_per_pair(params, self.source_len, self.target_len)
+    return None if per_pair is None else per_pair * batch_size
 
   def init_args(self) -> tuple[jax.Array, ...]:
     return jnp.zeros((1, self.source_len), jnp.int32), jnp.zeros((1, self.target_len), jnp.int32)
