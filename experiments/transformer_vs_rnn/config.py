@@ -79,6 +79,8 @@ def get_hyper(h):
     models = architectures(h)
     tuned = [p for m in models for p in h.tune([m], learning_rate=LEARNING_RATES[m["model.name"]])]
     return h.product([tuned, h.seeds(1)])
+  if h.arg == "ngrams":  # counted in seconds, with nothing to tune or seed; also part of the final sweep
+    return ngrams
   if h.arg == "final":
     return h.product([h.selected(), h.seeds(3)]) + ngrams
-  raise ValueError("give the phase: --config=experiments/transformer_vs_rnn/config.py:tune (or :final)")
+  raise ValueError("give the phase: --config=experiments/transformer_vs_rnn/config.py:tune (or :ngrams, :final)")
