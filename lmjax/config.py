@@ -16,6 +16,7 @@ a list kept here.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from typing import Any, Callable, Mapping
 
@@ -31,6 +32,7 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("matrices", "all", "none")
 MESH_AXES = ("data", "fsdp", "tensor")
+TRACKERS = ("tensorboard", "wandb")  # lmjax.writers.TRACKERS implements them
 
 
 class ConfigError(ValueError):
@@ -211,7 +213,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_top_k = 0
   c.train.num_samples = 2
   c.train.plot = True
-  c.train.tensorboard = True
+  c.train.tensorboard = True  # False turns TensorBoard off whatever train.trackers says (older configs set it)
+  c.train.trackers = "tensorboard"  # where scalars go besides metrics.jsonl: 'tensorboard', 'wandb', both, or ''
+  c.train.wandb_project = "lmjax"  # the W&B project of train.trackers='wandb'
   c.train.max_nonfinite_steps = 10  # stop after this many consecutive steps with non-finite loss or gradients
   c.train.allow_config_change = False  # resume a workdir whose saved model/tokenizer/seq_len config differs
   return c
@@ -344,6 +348,11 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   for field in ("log_every", "eval_every", "checkpoint_every"):
     if t[field] % t.steps_per_call:
       fail(f"train.{field}", t[field], f"must be a multiple of train.steps_per_call={t.steps_per_call}")
+  trackers = [n.strip() for n in t.trackers.split(",") if n.strip()]
+  if any(n not in TRACKERS for n in trackers) or len(set(trackers)) != len(trackers):
+    fail("train.trackers", t.trackers, f"give a comma-separated subset of {', '.join(TRACKERS)}, or ''")
+  if "wandb" in trackers and importlib.util.find_spec("wandb") is None:
+    fail("train.trackers", t.trackers, "'wandb' needs the wandb package: pip install 'lmjax[wandb]'")
   try:
     extra_lens = parse_lengths(t.extra_eval_seq_lens)
   except ValueError:

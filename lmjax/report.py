@@ -40,10 +40,11 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from lmjax import console, stats
+from lmjax import console, provenance, report_html, report_plots, stats
 from lmjax.cli import describe_command
 from lmjax.config import base_config, flatten
 from lmjax.registry import MODELS, TASKS
+from lmjax.report_plots import log_scale  # noqa: F401  (part of this module's interface)
 from lmjax.writers import read_metrics
 
 # Known metrics first, in this order; any other number an eval record holds is a metric too, after them.
@@ -211,7 +212,7 @@ def load_runs(root: Path) -> list[Run]:
       nested = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
       nested = {}
-    saved = flatten(nested) if isinstance(nested, dict) else {}
+    saved = flatten(provenance.config_fields(nested)) if isinstance(nested, dict) else {}
     # Fields added to lmjax after a run started count as their defaults, so they do not look swept.
     config = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     name = path.relative_to(root).as_posix() if path != root else root.resolve().name
@@ -355,7 +356,7 @@ class Selection:
   table: "Table"
 
 
-def select(groups: Sequence[Group], spec: str, tuned: Sequence[str]) -> Selection:
+def choose_settings(groups: Sequence[Group], spec: str, tuned: Sequence[str]) -> Selection:
   """For each combination of the non-tuned fields, the group whose mean spec (split/metric) is best."""
   split, metric = _split_metric(spec, "--select")
   if split == "test" or split.startswith("test"):
@@ -388,11 +389,12 @@ def select(groups: Sequence[Group], spec: str, tuned: Sequence[str]) -> Selectio
                     "at_grid_edge": edges,
                     "candidates": [{"group": g.name, "n": None if s is None else s.n,
                                     "mean": None if s is None else s.mean} for g, s in scored]})
+    varied = [f for f in tuned if len({_text(g.fields.get(f)) for g in candidates}) > 1]
     for g, s in scored:
-      tuned_values = ", ".join(f"{f.rsplit('.', 1)[-1]}={_text(g.fields.get(f))}" for f in tuned if f in g.fields)
+      tuned_values = ", ".join(f"{f.rsplit('.', 1)[-1]}={_text(g.fields.get(f))}" for f in varied)
       mark = "**chosen**" + (f" (at the edge of the grid in {', '.join(edges)})" if edges else "") \
           if g is best else ""
-      rows.append([family_name, tuned_values or "-", _mean_ci(s), mark])
+      rows.append([family_name, tuned_values or "(one setting: not tuned)", _mean_ci(s, g.deterministic), mark])
   record = {"metric": spec, "higher_is_better": higher, "tuned": list(tuned), "groups": entries}
   table = Table(f"Settings chosen on {spec}", ["setting", "tuned values", f"{spec} mean ± 95% CI [n]", "choice"],
                 rows, f"Each setting's {'highest' if higher else 'lowest'} mean {spec} over its seeds is chosen; "
@@ -729,7 +731,6 @@ def glossary(runs: Sequence[Run], columns: Sequence[str], metric: str) -> Table:
 def report(root: str | os.PathLike, metric: str = "loss", x: str = "", out: str | os.PathLike | None = None, *,
            baseline: str = "", select: str = "", tuned: Sequence[str] = ()) -> tuple[str, list[Path]]:
   """Writes the tables, CSVs, plots and HTML; returns report.md's text and the files. ValueError for bad input."""
-  from lmjax import report_html, report_plots  # pylint: disable=import-outside-toplevel
   root = Path(root)
   if not root.is_dir():
     raise ValueError(f"{root} is not a directory; give the directory that holds the runs (e.g. a sweep's --workdir)")
@@ -750,7 +751,7 @@ def report(root: str | os.PathLike, metric: str = "loss", x: str = "", out: str 
   sections: list[Table] = []
   selection = None
   if select:
-    selection = select(groups, select, list(tuned) or list(manifest.get("tuned") or []))
+    selection = choose_settings(groups, select, list(tuned) or list(manifest.get("tuned") or []))
     sections.append(selection.table)
     groups = selection.chosen
     (out / SELECTION_FILE).write_text(json.dumps(selection.record, indent=2) + "\n")
@@ -786,6 +787,8 @@ def report(root: str | os.PathLike, metric: str = "loss", x: str = "", out: str 
     others = [f for f in group_fields if f != field]
     plots.append(report_plots.metric_vs_field(groups, field, others, metric, splits,
                                               out / f"{metric}_vs_{field}.png"))
+  elif len(groups) > 1:
+    plots.append(report_plots.metric_vs_field(groups, "", [], metric, splits, out / f"{metric}_by_group.png"))
   plots = [p for p in plots if p]
   title = f"Report: {root.resolve().name}"
   intro = (f"{len(runs)} runs in {len(make_groups(runs, fields, manifest))} groups under `{root}`"

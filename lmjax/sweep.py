@@ -51,7 +51,7 @@ from ml_collections import config_flags
 from lmjax import console
 from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import ConfigError, validate
-from lmjax.report import final_step, is_finished
+from lmjax.report import SEED_FIELDS, SELECTION_FILE, final_step, is_finished
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config and get_hyper, "
                                           "e.g. configs/sweep_example.py[:arg].", lock_config=True)
@@ -74,11 +74,8 @@ SHORT_NAMES = {"learning_rate": "lr", "min_learning_rate": "min_lr", "weight_dec
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 _MAX_NAME = 120
-# The fields a replicate changes: points that differ only in these are one group, whose results are aggregated.
-SEED_FIELDS = ("seed", "data.shuffle_seed")
+# What a replicate changes (SEED_FIELDS: points that differ only in these are one group, aggregated by the report).
 VARY = {"both": SEED_FIELDS, "init": ("seed",), "data": ("data.shuffle_seed",)}
-TUNABLE = ("optim.learning_rate", "optim.warmup_steps")
-SELECTION_FILE = "selection.json"
 
 
 class HyperError(ValueError):

@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import metrics as metrics_lib
-from lmjax import init_from, programs, sharding, writers
+from lmjax import init_from, programs, provenance, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
 from lmjax.config import ConfigError, validate
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
@@ -185,7 +185,9 @@ def _record_fit(config: ml_collections.ConfigDict, workdir: Path, fitted: FitRes
   logging.info("%s", writers.eval_line("eval", 1, fitted.metrics["eval"]))
   if jax.process_index() == 0:
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
-  writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  writer = writers.MetricWriter(workdir, trackers=writers.trackers_of(config.train),
+                                run_config=provenance.with_record(config.to_dict()),
+                                wandb_project=config.train.wandb_project)
   try:
     for split, metrics in fitted.metrics.items():
       writer.write(1, split, metrics)
@@ -241,7 +243,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
                f"{count_params(state.params):,}", tokenizer.vocab_size, tokenizer.kind, data.summary)
 
   sampler = Sampler(config, model, tokenizer, workdir, mesh, progs.rules) if task.generates_text else None
-  writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
+  writer = writers.MetricWriter(workdir, trackers=writers.trackers_of(t),
+                                run_config=provenance.with_record(config.to_dict()), wandb_project=t.wandb_project)
 
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
     for split, batches in eval_sets.items():

@@ -1,4 +1,10 @@
-"""Where metrics go: metrics.jsonl, TensorBoard events, the progress line, and a loss-curve PNG. Process 0 only."""
+"""Where metrics go: metrics.jsonl, the trackers, the progress line, and a loss-curve PNG. Process 0 only.
+
+metrics.jsonl is always written: it is the record lmjax.report and the sweep read. `train.trackers` mirrors every
+scalar to more places: 'tensorboard' (the default: TensorBoard events in workdir/tensorboard) and 'wandb'
+(Weights & Biases, the `wandb` extra: a run named after the workdir in project train.wandb_project, holding the
+config with its provenance; WANDB_MODE=offline keeps it on disk for `wandb sync`).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +12,88 @@ import json
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
+from lmjax import provenance
+
+
+class TensorBoardTracker:
+  """Scalars as TensorBoard events in workdir/tensorboard (tensorboardX)."""
+
+  def __init__(self, workdir: Path, run_config: Mapping[str, Any] | None = None):
+    del run_config
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._writer = SummaryWriter(str(workdir / "tensorboard"))
+
+  def scalars(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    for key, value in metrics.items():
+      self._writer.add_scalar(f"{split}/{key}", float(value), int(step))
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+class WandbTracker:
+  """A Weights & Biases run per workdir: its id is kept in workdir/wandb_run_id, so a resumed run continues the
+  same W&B run; its config is the run's config with its provenance (lmjax version, git commit, devices)."""
+
+  ID_FILE = "wandb_run_id"
+
+  def __init__(self, workdir: Path, run_config: Mapping[str, Any] | None = None, project: str = "lmjax"):
+    import wandb  # pylint: disable=import-outside-toplevel
+    id_path = workdir / self.ID_FILE
+    run_id = id_path.read_text().strip() if id_path.exists() else ""
+    if not run_id:
+      run_id = uuid.uuid4().hex[:12]
+      id_path.write_text(run_id + "\n")
+    record = dict(run_config or {})
+    git = record.get(provenance.KEY, {})
+    self._run = wandb.init(project=project, name=workdir.name, id=run_id, resume="allow", dir=str(workdir),
+                           config=record, notes=f"git {git.get('git_commit')}" if git else None)
+
+  def scalars(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    self._run.log({f"{split}/{key}": float(value) for key, value in metrics.items()}, step=int(step))
+
+  def close(self) -> None:
+    self._run.finish()
+
+
+TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}  # the choices of config.train.trackers
+
+
+def trackers_of(train: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The trackers a config's train section asks for; train.tensorboard=False (older configs) drops TensorBoard."""
+  names = tuple(n.strip() for n in train.trackers.split(",") if n.strip())
+  return tuple(n for n in names if n != "tensorboard" or train.tensorboard)
+
 
 class MetricWriter:
-  """Appends one JSON object per write to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per write to workdir/metrics.jsonl and mirrors scalars to the trackers.
 
-  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+  `trackers` names them (TRACKERS); None keeps the older interface: TensorBoard when `tensorboard`. `run_config`
+  is what a tracker records as the run's config (the config with its provenance). A tracker whose package is not
+  installed is skipped with a warning, so a run never fails over its dashboards.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True, *, trackers: tuple[str, ...] | None = None,
+               run_config: Mapping[str, Any] | None = None, wandb_project: str = "lmjax"):
     self.enabled = jax.process_index() == 0
     self.path = Path(workdir) / "metrics.jsonl"
-    self._tb = None
-    if self.enabled and tensorboard:
+    self._trackers: list[Any] = []
+    names = (("tensorboard",) if tensorboard else ()) if trackers is None else trackers
+    for name in names if self.enabled else ():
       try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
-      except ImportError:
-        logging.warning("tensorboardX is not installed; TensorBoard events are not written.")
+        kwargs = {"project": wandb_project} if name == "wandb" else {}
+        self._trackers.append(TRACKERS[name](Path(workdir), run_config, **kwargs))
+      except ImportError as e:
+        logging.warning("train.trackers: %s is not available (%s); its records are not written.", name, e)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -34,13 +101,12 @@ class MetricWriter:
     record = {"step": int(step), "split": split, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
-    if self._tb is not None:
-      for key, value in metrics.items():
-        self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
+    for tracker in self._trackers:
+      tracker.scalars(step, split, metrics)
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    for tracker in self._trackers:
+      tracker.close()
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

@@ -19,7 +19,8 @@ PACKAGE = Path(lmjax.__file__).resolve().parent
 # itself (lmjax/__init__.py) is the facade that imports the registries' built-in entries, and stands above all.
 LAYERS = (
     ("base", ("lmjax.registry", "lmjax.config", "lmjax.metrics", "lmjax.text_metrics", "lmjax.finetune_metrics",
-              "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli")),
+              "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli",
+              "lmjax.stats", "lmjax.provenance")),
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),
     ("models", ("lmjax.models", "lmjax.models.*")),
     ("runs", ("lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
@@ -29,7 +30,8 @@ LAYERS = (
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
     ("programs", ("lmjax.step", "lmjax.programs")),
     ("trainer", ("lmjax.train",)),
-    ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.evaluate",
+    ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.report_plots",
+                  "lmjax.report_html", "lmjax.evaluate",
                   "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config",
                   "lmjax.distill.precompute")),
 )

@@ -57,8 +57,15 @@ def runs(tmp_path):
   return root
 
 
-def rows_of(markdown: str) -> dict[str, dict[str, str]]:
-  lines = [line.strip("|").split(" | ") for line in markdown.strip().splitlines()]
+def section(markdown: str, title: str) -> str:
+  """The table under '## title' in report.md."""
+  body = markdown.split(f"## {title}\n", 1)[1]
+  return "\n".join(line for line in body.strip().split("\n\n", 1)[0].splitlines() if line.startswith("|"))
+
+
+def rows_of(markdown: str, title: str = "Runs") -> dict[str, dict[str, str]]:
+  table = section(markdown, title) if f"## {title}\n" in markdown else markdown
+  lines = [line.strip("|").split(" | ") for line in table.strip().splitlines()]
   header = [c.strip() for c in lines[0]]
   return {cells[0].strip(): dict(zip(header, (c.strip() for c in cells))) for cells in lines[2:]}
 
@@ -66,7 +73,8 @@ def rows_of(markdown: str) -> dict[str, dict[str, str]]:
 def test_table_holds_final_and_best_of_each_run(runs, tmp_path):
   text, written = report.report(runs, x="learning_rate", out=tmp_path / "out")
   assert (tmp_path / "out" / "report.md").read_text() == text
-  assert [p.name for p in written] == ["report.md", "report.csv", "loss_curves.png", "loss_vs_optim.learning_rate.png"]
+  assert [p.name for p in written] == ["report.md", "report.csv", "report.html", "loss_curves.png",
+                                       "loss_vs_optim.learning_rate.png"]
   rows = rows_of(text)
   assert list(rows) == ["more/deep/stopped", "position=learned,lr=0.03", "position=rope,lr=0.001"]  # sorted
   rope = rows["position=rope,lr=0.001"]

@@ -2,10 +2,10 @@
 
 The pairs come from experiments/summarization/prepare_data.py (long description -> one-line synopsis, split by
 source package). Both models read the same sentencepiece unigram tokens (2,000 ids, trained on the train pairs),
-the description cut to 96 tokens and the synopsis to 24, and are trained for 2000 steps of 16 pairs (0.6 of an
+the description cut to 96 tokens and the synopsis to 24, and are trained for 1500 steps of 16 pairs (0.44 of an
 epoch) with label-smoothed cross-entropy on the synopsis tokens. The encoder-decoder (task='seq2seq') reads the
 description with a bidirectional encoder; the GPT (task='seq2seq_lm') reads `<bos> description <sep>` and
-continues with the synopsis. At steps 1000 and 2000 both decode the first 500 pairs of the validation split
+continues with the synopsis. At steps 750 and 1500 both decode the first 500 pairs of the validation split
 ('eval', chooses the learning rate) and of the test split ('test', reported) with beam search (4 beams, length
 penalty 0.6) and score ROUGE-1/2/L; the losses are over every pair of both splits.
 
@@ -53,11 +53,11 @@ def get_config(arg: str = ""):
   c.optim.min_learning_rate = 1e-4
   c.optim.warmup_steps = 200
   c.train.batch_size = 16
-  c.train.num_steps = 2000
+  c.train.num_steps = 1500
   c.train.steps_per_call = 10
   c.train.log_every = 100
-  c.train.eval_every = 1000
-  c.train.checkpoint_every = 1000
+  c.train.eval_every = 750
+  c.train.checkpoint_every = 750
   c.train.keep_checkpoints = 1
   c.train.eval_batches = 0  # the loss over every validation and test pair; ROUGE over the first 500
   c.train.eval_batch_size = 50
