@@ -319,7 +319,8 @@ def _text(value: Any) -> str:
 def make_groups(runs: Sequence[Run], fields: Sequence[str], manifest: dict[str, Any]) -> list[Group]:
   """Runs grouped by their non-seed differing fields, named as the sweep named them where it did."""
   keys = [f for f in fields if f not in SEED_FIELDS]
-  point_group = {p.get("workdir"): p.get("group") for p in manifest.get("points", []) if isinstance(p, dict)}
+  # sweep.json names each point by its path under the sweep's directory, which is the report's root here.
+  point_group = {p.get("name"): p.get("group") for p in manifest.get("points", []) if isinstance(p, dict)}
   overrides = {g.get("name"): g.get("overrides") for g in manifest.get("groups", []) if isinstance(g, dict)}
   by_key: dict[str, Group] = {}
   for r in runs:
@@ -329,20 +330,13 @@ def make_groups(runs: Sequence[Run], fields: Sequence[str], manifest: dict[str, 
       by_key[key] = Group(_label(values), values, [])
     by_key[key].runs.append(r)
   for g in by_key.values():  # the sweep's name for the group, when every run says the same
-    names = {_manifest_group(r, point_group) for r in g.runs}
+    names = {point_group.get(r.name) for r in g.runs}
     if len(names) == 1 and None not in names:
       g.name = names.pop()
       g.overrides = overrides.get(g.name)
     elif g.n == 1 and not g.fields:
       g.name = g.runs[0].name
   return list(by_key.values())
-
-
-def _manifest_group(run: Run, point_group: dict[str, str]) -> str | None:
-  for workdir, group in point_group.items():
-    if workdir and group and Path(workdir).name == run.path.name and Path(workdir).parent.name == run.path.parent.name:
-      return group
-  return None
 
 
 # --- choosing settings on validation ------------------------------------------------------------------------------
@@ -429,10 +423,11 @@ def value_at_flops(run: Run, split: str, metric: str, flops: float) -> float | N
 
 
 def matched_budget(groups: Sequence[Group]) -> float | None:
-  """The most training FLOPs every group with a count has spent: the smallest final count."""
-  finals = [r.train_flops for g in groups for r in g.runs if r.train_flops is not None and g.flops_per_step]
-  counted = [g for g in groups if g.flops_per_step is not None]
-  return min(finals) if len(counted) >= 2 and finals else None
+  """The most training FLOPs every group with a count has spent: the smallest final count of a finished run (of
+  any run while none has finished)."""
+  counted = [r for g in groups if g.flops_per_step is not None for r in g.runs if r.train_flops is not None]
+  finals = [r.train_flops for r in counted if r.finished] or [r.train_flops for r in counted]
+  return min(finals) if len({id(g) for g in groups if g.flops_per_step is not None}) >= 2 and finals else None
 
 
 # --- tables -------------------------------------------------------------------------------------------------------

@@ -83,5 +83,6 @@ def get_hyper(h):
   if h.arg == "ngrams":  # counted in seconds, with nothing to tune or seed; also part of the final sweep
     return ngrams
   if h.arg == "final":
-    return h.product([h.selected(), h.seeds(3)]) + ngrams
+    neural = [p for p in h.selected() if p["model.name"] != "ngram"]  # selection.json lists the n-grams too
+    return h.product([neural, h.seeds(3)]) + ngrams
   raise ValueError("give the phase: --config=experiments/transformer_vs_rnn/config.py:tune (or :ngrams, :final)")
