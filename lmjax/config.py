@@ -16,6 +16,7 @@ a list kept here.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import shlex
@@ -32,6 +33,7 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "linear", "constant")
 DECAY_MASKS = ("matrices", "all", "none")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+TRACKERS = ("tensorboard", "wandb")  # lmjax.writers.TRACKERS implements them
 
 
 class ConfigError(ValueError):
@@ -142,6 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text_key = "text"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
+  c.data.test_split = ""  # causal_lm: also score this split as 'test', e.g. 'validation[50%:]'; '' for none
   c.data.data_dir = ""
   c.data.document_split = "paragraph"
   c.data.document_separator = ""  # document_split='marker': the line between documents ('%'); 'regex': a pattern
@@ -224,7 +227,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_top_k = 0
   c.train.num_samples = 2
   c.train.plot = True
-  c.train.tensorboard = True
+  c.train.tensorboard = True  # False turns TensorBoard off whatever train.trackers says (older configs set it)
+  c.train.trackers = "tensorboard"  # where scalars go besides metrics.jsonl: 'tensorboard', 'wandb', both, or ''
+  c.train.wandb_project = "lmjax"  # the W&B project of train.trackers='wandb'
   c.train.max_nonfinite_steps = 10  # stop after this many consecutive steps with non-finite loss or gradients
   c.train.allow_config_change = False  # resume a workdir whose saved model/tokenizer/seq_len config differs
   # lm-evaluation-harness tasks run during training (lmjax[eval]), logged as eval splits 'harness/<task>'.
@@ -297,6 +302,16 @@ def _validate_data(cfg: ml_collections.ConfigDict) -> None:
     fail("data.validation_fraction", d.validation_fraction, "must be strictly between 0 and 1")
   at_least(cfg, "data.seq_len", 1)
   at_least(cfg, "data.num_workers", 0)
+  task = registry.TASKS.get(cfg.task)
+  if d.test_split.strip() and not task.scores_test_split:
+    fail("data.test_split", d.test_split, f"task={cfg.task!r} does not read it (tasks that do: "
+         f"{', '.join(n for n, c in registry.TASKS.items() if c.scores_test_split)}); set it to ''")
+  if d.test_split.strip() and (d.get("mixture", "").strip() or d.get("hf_streaming", False)):
+    fail("data.test_split", d.test_split, "is read from one cached source; with data.mixture or data.hf_streaming "
+         "set it to '' (a mixture scores each source's eval split as eval/<source>)")
+  if d.test_split.strip() and d.test_split.strip() == d.eval_split.strip():
+    fail("data.test_split", d.test_split, "is data.eval_split; a test split must hold other text, e.g. "
+         "data.eval_split='validation[:50%]' and data.test_split='validation[50%:]'")
   if d.mixture.strip():
     _validate_mixture(cfg)
 
@@ -394,6 +409,11 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   for field in ("log_every", "eval_every", "checkpoint_every"):
     if t[field] % t.steps_per_call:
       fail(f"train.{field}", t[field], f"must be a multiple of train.steps_per_call={t.steps_per_call}")
+  trackers = [n.strip() for n in t.trackers.split(",") if n.strip()]
+  if any(n not in TRACKERS for n in trackers) or len(set(trackers)) != len(trackers):
+    fail("train.trackers", t.trackers, f"give a comma-separated subset of {', '.join(TRACKERS)}, or ''")
+  if "wandb" in trackers and importlib.util.find_spec("wandb") is None:
+    fail("train.trackers", t.trackers, "'wandb' needs the wandb package: pip install 'lmjax[wandb]'")
   try:
     extra_lens = parse_lengths(t.extra_eval_seq_lens)
   except ValueError:

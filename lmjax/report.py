@@ -1,11 +1,29 @@
-r"""Collect the runs under a directory into one table and a few plots, for comparing them and for papers.
+r"""Collect the runs under a directory into tables and plots that a reviewer accepts: seeds, spread, compute, tuning.
 
-  python -m lmjax.report runs/positions [--metric=loss] [--x=model.position] [--out=DIR]
+  python -m lmjax.report runs/positions [--metric=loss] [--x=model.position] [--out=DIR] \
+      [--baseline=position=learned] [--select=eval/loss [--tuned=optim.learning_rate]]
 
-A run is any directory, at any depth, holding metrics.jsonl and config.json (what lmjax.main writes). Writes
-report.md and report.csv (one row per run: the config fields that differ between runs, final and best eval
-metrics, throughput), loss_curves.png, and <metric>_vs_<field>.png when one field is swept or --x names one.
-The markdown table is also printed, ready to paste.
+A run is any directory, at any depth, holding metrics.jsonl and config.json (what lmjax.main writes). Runs that
+differ only in their seeds (config.seed, config.data.shuffle_seed) are one group, the replicates of one setting
+(a sweep with h.seeds or --seeds makes them). Writes, to --out (default: the runs directory):
+
+  report.md / report.html  the tables below (the HTML with the plots inline, one self-contained file)
+  report.csv               one row per run: the fields that differ, final and best of every metric, throughput
+  groups.csv               one row per group and metric: n, mean, standard deviation, 95% interval
+  loss_curves.png          train and eval loss against step: each group's mean, with a 95% band over its seeds
+  loss_vs_flops.png        eval --metric against training FLOPs (the model family's count), the same way
+  <metric>_vs_<field>.png  the final eval --metric against one swept field, with 95% error bars
+  selection.json           with --select: the setting each group chose, for the sweep's h.selected()
+
+The tables: each group's mean +- 95% half-width [n] of every eval split's --metric (Student t over the seeds,
+lmjax.stats); with --baseline, each group's difference from that group, paired by seed, with its interval, p and
+whether it is within the noise; at matched compute, each group's metric when all have spent the same training
+FLOPs (read off its eval curve) next to its final value; the runs themselves; and what every column means.
+
+--select=SPLIT/METRIC picks, among the settings of the --tuned fields (recorded in sweep.json by h.tune), the one
+whose mean SPLIT/METRIC is best, separately for every combination of the other fields (an architecture, say);
+the tables then show only the chosen settings, with every split, so the test split is reported for a choice made
+on validation. A test split is refused as SPLIT: it is never used for a choice.
 """
 
 from __future__ import annotations
@@ -22,18 +40,31 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from lmjax import console, eval_results
+from lmjax import console, eval_results, provenance, report_html, report_plots, stats
 from lmjax.cli import describe_command
 from lmjax.config import base_config, flatten
+from lmjax.registry import MODELS, TASKS
+from lmjax.report_plots import log_scale  # noqa: F401  (part of this module's interface)
 from lmjax.writers import read_metrics
 
+# Known metrics first, in this order; any other number an eval record holds is a metric too, after them.
 METRICS = ("loss", "perplexity", "bits_per_char", "bits_per_byte", "accuracy")
-HIGHER_IS_BETTER = {"accuracy"}
+# Numbers in records that count or describe rather than measure.
+BOOKKEEPING = {"step", "time", "tokens", "windows", "examples", "words", "decoded", "num_params", "flops_per_step",
+               "skipped_steps", "steps_per_s", "tokens_per_s", "learning_rate", "grad_norm"}
+_HIGHER = re.compile(r"accuracy|f1|bleu|chrf|rouge|exact_match|mcc|pearson|spearman|precision|recall|match")
+# The fields a replicate changes (lmjax.sweep's h.seeds): runs that differ only in these form one group.
+SEED_FIELDS = ("seed", "data.shuffle_seed")
 MISSING = "-"
 # A run that logged its size in metrics.jsonl wins; otherwise the line lmjax.main logs when the model is built.
 PARAM_KEYS = ("num_params", "params", "parameters")
 PARAM_LOG = re.compile(r"Model \S+: ([\d,]+) parameters")
 LOG_FILES = ("sweep.log", "train.log")
+SELECTION_FILE = "selection.json"
+
+
+def higher_is_better(metric: str) -> bool:
+  return bool(_HIGHER.search(metric)) and "loss" not in metric
 
 
 def final_step(config: dict) -> int | None:
@@ -88,7 +119,7 @@ class Run:
   def series(self, split: str, metric: str) -> list[tuple[int, float]]:
     """(step, value) in step order; a step logged twice (a resumed run) keeps its last record."""
     points = {r["step"]: float(r[metric]) for r in self.records
-              if r.get("split") == split and isinstance(r.get(metric), (int, float)) and "step" in r}
+              if r.get("split") == split and _is_number(r.get(metric)) and "step" in r}
     return sorted(points.items())
 
   def final(self, split: str, metric: str) -> float | None:
@@ -99,18 +130,48 @@ class Run:
     values = [v for _, v in self.series(split, metric) if math.isfinite(v)]
     if not values:
       return None
-    return max(values) if metric in HIGHER_IS_BETTER else min(values)
+    return max(values) if higher_is_better(metric) else min(values)
 
   @property
   def eval_splits(self) -> list[str]:
-    return sorted({r["split"] for r in self.records if r.get("split") not in (None, "train")},
-                  key=lambda s: (s != "eval", s))
+    return _split_order({r["split"] for r in self.records if r.get("split") not in (None, "train")})
+
+  @property
+  def seeds(self) -> tuple[Any, ...]:
+    return tuple(self.config.get(f) for f in SEED_FIELDS)
+
+  @property
+  def task(self) -> str:
+    return str(self.config.get("task", "causal_lm"))
+
+  @property
+  def loss_unit(self) -> str:
+    return TASKS.get(self.task).loss_unit if self.task in TASKS else "the task's own unit"
+
+  @property
+  def deterministic(self) -> bool:
+    """Fitted by counting (the n-gram): no seed changes it, so one run is its exact value."""
+    name = self.config.get("model.name")
+    return name in MODELS and MODELS.get(name).fit_only
+
+  @property
+  def flops_per_step(self) -> float | None:
+    """Training FLOPs of one step, as the model family counts them (recorded with the first train record)."""
+    for r in self.records:
+      if _is_number(r.get("flops_per_step")):
+        return float(r["flops_per_step"])
+    return None
+
+  @property
+  def train_flops(self) -> float | None:
+    fps, step = self.flops_per_step, self.last_step
+    return None if fps is None or step is None else fps * step
 
   @property
   def params(self) -> int | None:
     for r in self.records:
       for key in PARAM_KEYS:
-        if isinstance(r.get(key), (int, float)):
+        if _is_number(r.get(key)):
           return int(r[key])
     for name in LOG_FILES:
       try:
@@ -120,6 +181,15 @@ class Run:
       if found:
         return int(found[-1].replace(",", ""))
     return None
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _split_order(splits) -> list[str]:
+  """'eval' first, then its variants (eval_len512, eval/<source>), then the rest (test) alphabetically."""
+  return sorted(splits, key=lambda s: (s != "eval", not s.startswith("eval"), s))
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -142,7 +212,7 @@ def load_runs(root: Path) -> list[Run]:
       nested = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
       nested = {}
-    saved = flatten(nested) if isinstance(nested, dict) else {}
+    saved = flatten(provenance.config_fields(nested)) if isinstance(nested, dict) else {}
     # Fields added to lmjax after a run started count as their defaults, so they do not look swept.
     config = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     name = path.relative_to(root).as_posix() if path != root else root.resolve().name
@@ -151,12 +221,21 @@ def load_runs(root: Path) -> list[Run]:
   return sorted(runs, key=lambda r: r.name)
 
 
+def read_manifest(root: Path) -> dict[str, Any]:
+  """sweep.json of the directory (lmjax.sweep), or {} for runs that no sweep made."""
+  try:
+    manifest = json.loads((root / "sweep.json").read_text())
+    return manifest if isinstance(manifest, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
 def _sweep_order(root: Path) -> list[str]:
   """Fields in the order the sweep names them (sweep.json), so the table reads like the sweep."""
   try:
-    points = json.loads((root / "sweep.json").read_text())["points"]
+    points = read_manifest(root)["points"]
     return list(dict.fromkeys(f for p in points for f in p["overrides"]))
-  except (OSError, ValueError, KeyError, TypeError):
+  except (KeyError, TypeError):
     return []
 
 
@@ -179,21 +258,227 @@ def resolve_field(name: str, runs: Sequence[Run]) -> str:
   raise ValueError(f"--x={name}: {hint}; give the full name, e.g. --x=model.position")
 
 
-def _metrics_of(runs: Sequence[Run], split: str) -> list[str]:
-  present = {m for r in runs for m in METRICS if r.series(split, m)}
-  return [m for m in METRICS if m in present]
+def metric_names(runs: Sequence[Run], split: str) -> list[str]:
+  """Every metric some run recorded for `split`: the known ones in their order, then the others by name."""
+  present = {k for r in runs for rec in r.records if rec.get("split") == split
+             for k, v in rec.items() if _is_number(v) and k not in BOOKKEEPING}
+  return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
 
 
-def table(runs: Sequence[Run], fields: Sequence[str], metric: str, *, full: bool) -> tuple[list[str], list[dict]]:
+def eval_splits(runs: Sequence[Run]) -> list[str]:
+  return _split_order({s for r in runs for s in r.eval_splits})
+
+
+# --- groups of replicates -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Group:
+  """The runs of one setting: they differ only in their seeds."""
+  name: str
+  fields: dict[str, Any]  # the differing, non-seed fields and their values
+  runs: list[Run]
+  overrides: dict[str, Any] | None = None  # the sweep point that made it (sweep.json), in the sweep's field order
+
+  def values(self, split: str, metric: str, at_flops: float | None = None) -> list[float]:
+    out = []
+    for r in self.runs:
+      v = r.final(split, metric) if at_flops is None else value_at_flops(r, split, metric, at_flops)
+      if v is not None and math.isfinite(v):
+        out.append(v)
+    return out
+
+  def summary(self, split: str, metric: str, at_flops: float | None = None) -> stats.Summary | None:
+    return stats.summarize(self.values(split, metric, at_flops))
+
+  @property
+  def n(self) -> int:
+    return len(self.runs)
+
+  @property
+  def flops_per_step(self) -> float | None:
+    values = [r.flops_per_step for r in self.runs]
+    return None if not values or any(v is None for v in values) else values[0]
+
+  @property
+  def deterministic(self) -> bool:
+    return all(r.deterministic for r in self.runs)
+
+
+def _label(fields: dict[str, Any]) -> str:
+  if not fields:
+    return "default"
+  short = {f: f.rsplit(".", 1)[-1] for f in fields}
+  clash = {s for s in short.values() if list(short.values()).count(s) > 1}
+  return ",".join(f"{f if short[f] in clash else short[f]}={_text(v)}" for f, v in fields.items())
+
+
+def _text(value: Any) -> str:
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def make_groups(runs: Sequence[Run], fields: Sequence[str], manifest: dict[str, Any]) -> list[Group]:
+  """Runs grouped by their non-seed differing fields, named as the sweep named them where it did."""
+  keys = [f for f in fields if f not in SEED_FIELDS]
+  # sweep.json names each point by its path under the sweep's directory, which is the report's root here.
+  point_group = {p.get("name"): p.get("group") for p in manifest.get("points", []) if isinstance(p, dict)}
+  overrides = {g.get("name"): g.get("overrides") for g in manifest.get("groups", []) if isinstance(g, dict)}
+  by_key: dict[str, Group] = {}
+  for r in runs:
+    values = {f: r.config.get(f) for f in keys}
+    key = json.dumps(values, sort_keys=True, default=str)
+    if key not in by_key:
+      by_key[key] = Group(_label(values), values, [])
+    by_key[key].runs.append(r)
+  for g in by_key.values():  # the sweep's name for the group, when every run says the same
+    names = {point_group.get(r.name) for r in g.runs}
+    if len(names) == 1 and None not in names:
+      g.name = names.pop()
+      g.overrides = overrides.get(g.name)
+    elif g.n == 1 and not g.fields:
+      g.name = g.runs[0].name
+  return list(by_key.values())
+
+
+# --- choosing settings on validation ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Selection:
+  metric: str  # 'split/metric'
+  tuned: list[str]
+  chosen: list[Group]
+  record: dict[str, Any]  # what selection.json holds
+  table: "Table"
+
+
+def choose_settings(groups: Sequence[Group], spec: str, tuned: Sequence[str]) -> Selection:
+  """For each combination of the non-tuned fields, the group whose mean spec (split/metric) is best."""
+  split, metric = _split_metric(spec, "--select")
+  if split == "test" or split.startswith("test"):
+    raise ValueError(f"--select={spec}: the test split is never used for a choice; choose on a validation split, "
+                     f"e.g. --select=eval/{metric}, and the test split is reported for the chosen settings")
+  if not tuned:
+    raise ValueError(f"--select={spec} needs the fields that were tuned: a sweep with h.tune records them in "
+                     f"sweep.json, or give --tuned=optim.learning_rate[,optim.warmup_steps]")
+  higher = higher_is_better(metric)
+  families: dict[str, list[Group]] = {}
+  for g in groups:
+    rest = {f: v for f, v in g.fields.items() if f not in tuned}
+    families.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(g)
+  chosen, entries, rows = [], [], []
+  for key, candidates in families.items():
+    scored = [(g, g.summary(split, metric)) for g in candidates]
+    valid = [(g, s) for g, s in scored if s is not None]
+    if not valid:
+      continue
+    best, best_summary = (max if higher else min)(valid, key=lambda gs: gs[1].mean)
+    edges = []
+    for field in tuned:
+      values = sorted({g.fields[field] for g in candidates if _is_number(g.fields.get(field))})
+      if len(values) >= 3 and best.fields.get(field) in (values[0], values[-1]):
+        edges.append(field)
+    chosen.append(best)
+    family_name = _label(json.loads(key))
+    entries.append({"name": family_name, "chosen_group": best.name,
+                    "chosen": best.overrides if best.overrides is not None else best.fields,
+                    "at_grid_edge": edges,
+                    "candidates": [{"group": g.name, "n": None if s is None else s.n,
+                                    "mean": None if s is None else s.mean} for g, s in scored]})
+    varied = [f for f in tuned if len({_text(g.fields.get(f)) for g in candidates}) > 1]
+    for g, s in scored:
+      tuned_values = ", ".join(f"{f.rsplit('.', 1)[-1]}={_text(g.fields.get(f))}" for f in varied)
+      mark = "**chosen**" + (f" (at the edge of the grid in {', '.join(edges)})" if edges else "") \
+          if g is best else ""
+      rows.append([family_name, tuned_values or "(one setting: not tuned)", _mean_ci(s, g.deterministic), mark])
+  record = {"metric": spec, "higher_is_better": higher, "tuned": list(tuned), "groups": entries}
+  table = Table(f"Settings chosen on {spec}", ["setting", "tuned values", f"{spec} mean ± 95% CI [n]", "choice"],
+                rows, f"Each setting's {'highest' if higher else 'lowest'} mean {spec} over its seeds is chosen; "
+                "no other split is read for the choice.")
+  return Selection(spec, list(tuned), chosen, record, table)
+
+
+def _split_metric(spec: str, flag: str) -> tuple[str, str]:
+  if "/" not in spec:
+    raise ValueError(f"{flag}={spec}: give SPLIT/METRIC, e.g. {flag}=eval/loss")
+  split, metric = spec.rsplit("/", 1)
+  return split, metric
+
+
+# --- compute ------------------------------------------------------------------------------------------------------
+
+def value_at_flops(run: Run, split: str, metric: str, flops: float) -> float | None:
+  """The run's eval metric when it had spent `flops` training FLOPs: linear in log(FLOPs) between its two eval
+  records around that point; None before its first eval record, or past its last, or without a FLOPs count."""
+  fps = run.flops_per_step
+  series = run.series(split, metric)
+  if fps is None or not series or flops <= 0:
+    return None
+  points = [(step * fps, v) for step, v in series if step > 0]
+  for (f0, v0), (f1, v1) in zip(points, points[1:]):
+    if f0 <= flops <= f1:
+      w = 0.0 if f1 == f0 else (math.log(flops) - math.log(f0)) / (math.log(f1) - math.log(f0))
+      return v0 + w * (v1 - v0)
+  if points and math.isclose(points[-1][0], flops, rel_tol=1e-9):
+    return points[-1][1]
+  return None
+
+
+def matched_budget(groups: Sequence[Group]) -> float | None:
+  """The most training FLOPs every group with a count has spent: the smallest final count of a finished run (of
+  any run while none has finished)."""
+  counted = [r for g in groups if g.flops_per_step is not None for r in g.runs if r.train_flops is not None]
+  finals = [r.train_flops for r in counted if r.finished] or [r.train_flops for r in counted]
+  return min(finals) if len({id(g) for g in groups if g.flops_per_step is not None}) >= 2 and finals else None
+
+
+# --- tables -------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Table:
+  title: str
+  columns: list[str]
+  rows: list[list[str]]
+  note: str = ""
+
+  def markdown(self) -> str:
+    escape = lambda text: str(text).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(escape, self.columns)) + " |", "|" + "|".join("---" for _ in self.columns) + "|"]
+    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in self.rows]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, digits: int | None = None) -> str:
+  if value is None or not math.isfinite(value):
+    return MISSING
+  if digits is None:
+    digits = 2 if abs(value) >= 10 else 4
+  return f"{value:.{digits}f}"
+
+
+def _flops(value: float | None) -> str:
+  return MISSING if value is None else f"{value:.3g}"
+
+
+def _mean_ci(s: stats.Summary | None, deterministic: bool = False) -> str:
+  if s is None:
+    return MISSING
+  digits = 2 if abs(s.mean) >= 10 else 4
+  if s.half_width is None:
+    return f"{s.mean:.{digits}f} [{s.n}{', deterministic' if deterministic else ''}]"
+  return f"{s.mean:.{digits}f} ± {s.half_width:.{digits}f} [{s.n}]"
+
+
+def runs_table(runs: Sequence[Run], fields: Sequence[str], metric: str, *,
+               full: bool) -> tuple[list[str], list[dict]]:
   """Columns and raw-valued rows. `full` (the CSV) has final and best of every metric; the markdown keeps the
   final of each and the best of `metric`, so it fits a page."""
-  splits = sorted({s for r in runs for s in r.eval_splits}, key=lambda s: (s != "eval", s))
+  splits = eval_splits(runs)
   with_params = any(r.params is not None for r in runs)
-  columns = ["run", *fields, *(["params"] if with_params else []), "steps"]
-  columns += ["num_steps", "finished"] if full else []
+  with_flops = any(r.train_flops is not None for r in runs)
+  columns = ["run", *fields, *(["params"] if with_params else []), "steps", *(["train_flops"] if with_flops else [])]
+  columns += ["num_steps", "finished", "flops_per_step"] if full else []
   metric_columns = {}  # column -> (split, metric, final or best)
   for split in splits:
-    names = _metrics_of(runs, split)
+    names = metric_names(runs, split)
     metric_columns.update({f"{split}/{m}": (split, m, "final") for m in names})
     metric_columns.update({f"{split}/best_{m}": (split, m, "best") for m in names if full or m == metric})
   # Downstream scores from each run's evals/*.json (lmjax.evaluate): '<task>/<metric>', 'ppl-<source>/<metric>'.
@@ -204,12 +489,16 @@ def table(runs: Sequence[Run], fields: Sequence[str], metric: str, *, full: bool
   for r in runs:
     row: dict[str, Any] = {"run": r.name, **{f: r.config.get(f) for f in fields}, "params": r.params,
                            "steps": r.last_step, "num_steps": r.num_steps, "finished": r.finished,
-                           "tokens_per_s": r.final("train", "tokens_per_s")}
+                           "tokens_per_s": r.final("train", "tokens_per_s"), "train_flops": r.train_flops,
+                           "flops_per_step": r.flops_per_step}
     for column, (split, m, kind) in metric_columns.items():
       row[column] = r.final(split, m) if kind == "final" else r.best(split, m)
     row.update({c: evals[r.name].get(c) for c in eval_columns})
     rows.append(row)
   return columns, rows
+
+
+table = runs_table  # the name earlier versions used
 
 
 def _cell(column: str, value: Any, row: dict) -> str:
@@ -221,6 +510,8 @@ def _cell(column: str, value: Any, row: dict) -> str:
     return MISSING
   if column in ("params", "tokens_per_s"):
     return f"{value:,.0f}"
+  if column in ("train_flops", "flops_per_step"):
+    return _flops(value)
   if isinstance(value, float) and "/" in column:
     return f"{value:.4f}"
   if isinstance(value, bool):
@@ -229,11 +520,7 @@ def _cell(column: str, value: Any, row: dict) -> str:
 
 
 def markdown(columns: Sequence[str], rows: Sequence[dict]) -> str:
-  escape = lambda text: text.replace("|", "\\|")
-  lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-  for row in rows:
-    lines.append("| " + " | ".join(escape(_cell(c, row.get(c), row)) for c in columns) + " |")
-  return "\n".join(lines) + "\n"
+  return Table("", list(columns), [[_cell(c, row.get(c), row) for c in columns] for row in rows]).markdown()
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
@@ -245,139 +532,290 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
       writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
 
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+def groups_table(groups: Sequence[Group], metric: str, splits: Sequence[str], fields: Sequence[str]) -> Table:
+  with_params = any(r.params is not None for g in groups for r in g.runs)
+  with_flops = any(g.flops_per_step is not None for g in groups)
+  columns = ["group", *fields, "n", *(["params"] if with_params else []), "steps",
+             *(["train_flops"] if with_flops else []), *(f"{s}/{metric}" for s in splits)]
+  rows = []
+  for g in groups:
+    first = g.runs[0]
+    unfinished = sum(not r.finished for r in g.runs)
+    steps = first.last_step if unfinished == 0 else f"{first.last_step} ({unfinished} unfinished)"
+    row = [g.name, *(_text(g.fields.get(f, first.config.get(f))) for f in fields), str(g.n)]
+    row += [f"{first.params:,}" if first.params is not None else MISSING] if with_params else []
+    row += [str(steps if steps is not None else MISSING)]
+    row += [_flops(first.train_flops)] if with_flops else []
+    row += [_mean_ci(g.summary(s, metric), g.deterministic) for s in splits]
+    rows.append(row)
+  return Table(f"Groups: final {metric}, mean ± 95% CI [n seeds]", columns, rows,
+               f"Mean over each group's replicates of its final eval record ({stats.METHOD} interval of the mean, "
+               "n - 1 degrees of freedom); no interval for a single run. 'deterministic': a model fitted by counting, "
+               "which no seed changes.")
 
 
-def plot_loss_curves(runs: Sequence[Run], path: Path) -> Path | None:
-  """Train loss as lines, eval loss as dashed lines with markers, one colour per run."""
-  if not any(r.series("train", "loss") or r.series("eval", "loss") for r in runs):
+def groups_rows(groups: Sequence[Group], runs: Sequence[Run]) -> tuple[list[str], list[dict]]:
+  """groups.csv: one row per group, split and metric, with the raw summary."""
+  columns = ["group", "split", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "train_flops", "params"]
+  rows = []
+  for g in groups:
+    for split in eval_splits(g.runs):
+      for metric in metric_names(runs, split):
+        s = g.summary(split, metric)
+        if s is not None:
+          rows.append({"group": g.name, "split": split, "metric": metric, "n": s.n, "mean": s.mean, "std": s.std,
+                       "ci95_low": s.low, "ci95_high": s.high, "train_flops": g.runs[0].train_flops,
+                       "params": g.runs[0].params})
+  return columns, rows
+
+
+def find_group(spec: str, groups: Sequence[Group]) -> Group:
+  """--baseline: a group's name, or field=value pairs ('name=gpt', 'model.position=rope') that pick one group."""
+  for g in groups:
+    if g.name == spec:
+      return g
+  wanted = [part.split("=", 1) for part in spec.split(",") if "=" in part]
+  if not wanted:
+    raise ValueError(f"--baseline={spec}: no group has that name; give a name or field=value, one of: "
+                     f"{'; '.join(g.name for g in groups)}")
+
+  def matches(g: Group) -> bool:
+    for key, value in wanted:
+      fields = [f for f in g.fields if f == key or f.endswith(f".{key}")]
+      if len(fields) != 1 or _text(g.fields[fields[0]]) != value:
+        return False
+    return True
+
+  found = [g for g in groups if matches(g)]
+  if len(found) != 1:
+    raise ValueError(f"--baseline={spec} matches {len(found)} groups; give one of: "
+                     f"{'; '.join(g.name for g in groups)}")
+  return found[0]
+
+
+def comparison_table(groups: Sequence[Group], baseline: Group, metric: str, splits: Sequence[str]) -> Table:
+  higher = higher_is_better(metric)
+  rows = []
+  for g in groups:
+    if g is baseline:
+      continue
+    for split in splits:
+      c = compare(g, baseline, split, metric)
+      if c is None:
+        continue
+      if c.within_noise is None:
+        verdict = "no noise estimate"
+      elif c.within_noise:
+        verdict = "within noise"
+      else:
+        verdict = "better" if (c.difference > 0) == higher else "worse"
+      interval = MISSING if c.low is None else f"[{_number(c.low)}, {_number(c.high)}]"
+      p = MISSING if c.p is None else (f"{c.p:.3g}" if c.p >= 1e-4 else "< 1e-4")
+      rows.append([g.name, split, _number(c.difference), interval, p, verdict, c.method])
+  direction = "higher" if higher else "lower"
+  return Table(f"Against {baseline.name}: difference in final {metric} (group - baseline)",
+               ["group", "split", "difference", "95% CI", "p", "verdict", "how"], rows,
+               f"{metric}: {direction} is better. 'within noise': the 95% interval of the difference contains 0. "
+               "Paired by seed where the runs share seeds (the same initialization and data order), Welch's t "
+               "otherwise; a deterministic model (fitted by counting) is compared as a constant.")
+
+
+def compare(g: Group, baseline: Group, split: str, metric: str) -> stats.Comparison | None:
+  mine = {r.seeds: r.final(split, metric) for r in g.runs}
+  theirs = {r.seeds: r.final(split, metric) for r in baseline.runs}
+  mine = {k: v for k, v in mine.items() if v is not None}
+  theirs = {k: v for k, v in theirs.items() if v is not None}
+  if not mine or not theirs:
     return None
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(8, 5))
-  colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
-  for i, r in enumerate(runs):
-    color = colors[i % len(colors)]
-    label = r.name if r.finished else f"{r.name} (unfinished)"
-    train = r.series("train", "loss")
-    if train:
-      ax.plot(*zip(*train), "-", color=color, label=label, linewidth=1.2, marker="." if len(train) == 1 else None)
-    evals = r.series("eval", "loss")
-    if evals:
-      ax.plot(*zip(*evals), "o--", color=color, markersize=4, label=None if train else label)
-  ax.set_xlabel("step")
-  ax.set_ylabel("loss (nats/token)")
-  ax.set_title("train loss (solid) and eval loss (dashed, markers)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize="small", loc="upper right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  if g.deterministic and len(mine) == 1:
+    constant = next(iter(mine.values()))
+    c = stats.paired([constant] * len(theirs), list(theirs.values()))
+    return dataclasses.replace(c, method="one-sample t: the group is deterministic, against the baseline's "
+                               f"{len(theirs)} seeds")
+  shared = sorted(set(mine) & set(theirs), key=str)
+  if len(shared) >= 2 or (shared and (len(mine) == 1 or len(theirs) == 1)):
+    return stats.paired([mine[k] for k in shared], [theirs[k] for k in shared])
+  return stats.welch(list(mine.values()), list(theirs.values()))
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
+def compute_table(groups: Sequence[Group], metric: str, splits: Sequence[str], budget: float) -> Table:
+  rows = []
+  for g in groups:
+    fps = g.flops_per_step
+    if fps is None:
+      rows.append([g.name, MISSING, MISSING, *(MISSING for _ in splits),
+                   *(_mean_ci(g.summary(s, metric), g.deterministic) for s in splits)])
+      continue
+    rows.append([g.name, _flops(fps), f"{budget / fps:,.0f}",
+                 *(_mean_ci(g.summary(s, metric, at_flops=budget)) for s in splits),
+                 *(_mean_ci(g.summary(s, metric)) for s in splits)])
+  columns = ["group", "FLOPs per step", "step at the budget", *(f"{s}/{metric} at {_flops(budget)} FLOPs" for s in
+                                                                  splits), *(f"{s}/{metric} final" for s in splits)]
+  return Table(f"At matched compute: {metric} after {_flops(budget)} training FLOPs", columns, rows,
+               "The budget is the smallest final training-FLOPs count of any group. Each run's value there is read "
+               "off its eval curve (linear in log FLOPs between the two eval records around it); '-' when the "
+               "run's first eval came later. FLOPs are each model family's own count (6 N plus attention for the "
+               "Transformer; 6 N for the feed-forward LM and the LSTM); a model without one (the n-gram, counted "
+               "in one pass) shows only its final value.")
 
 
-def log_scale(values: Sequence[float]) -> bool:
-  """Learning rates and the like are swept over decades; on a linear axis the small ones would pile up."""
-  return min(values) > 0 and max(values) / min(values) > 10
+# --- what every column means ----------------------------------------------------------------------------------------
+
+METRIC_MEANINGS = {
+    "loss": "the task's training objective on that split, a mean in the unit below",
+    "perplexity": "exp(mean cross-entropy in nats per predicted token)",
+    "bits_per_char": "cross-entropy in bits per character of text (tokenizers compare on it)",
+    "bits_per_byte": "cross-entropy in bits per UTF-8 byte of text",
+    "accuracy": "fraction of predictions (tokens, words or examples) whose top-1 choice is right",
+    "nll": "unsmoothed cross-entropy, nats per target token",
+    "rouge1": "ROUGE-1 F-measure x100 (unigram overlap; rouge-score tokenizer, no stemming), mean over decoded pairs",
+    "rouge2": "ROUGE-2 F-measure x100 (bigram overlap), mean over decoded pairs",
+    "rougeL": "ROUGE-L F-measure x100 (longest common subsequence), mean over decoded pairs",
+    "bleu": "SacreBLEU corpus BLEU, 0-100",
+    "chrf": "SacreBLEU chrF (character 6-gram F-score, beta 2), 0-100",
+    "exact_match": "fraction of questions whose best span equals a gold answer (SQuAD normalization)",
+    "f1": "F1 as a fraction: SQuAD token overlap per question, or binary F1 of class 1",
+    "f1_macro": "F1 averaged over the classes, as a fraction",
+    "mcc": "Matthews correlation coefficient, -1 to 1",
+    "pearson": "Pearson correlation of predicted and gold scores", "spearman": "Spearman rank correlation",
+    "window_start_end_match": "fraction of QA windows whose start and end argmaxes both hit the gold positions",
+    "mlm_loss": "masked-LM cross-entropy, nats per masked token", "mlm_accuracy": "masked-token top-1 accuracy",
+    "mlm_perplexity": "exp(mlm_loss)", "nsp_loss": "next-sentence cross-entropy, nats per pair",
+    "nsp_accuracy": "next-sentence accuracy", "teacher_kl": "KL from the teacher at temperature 1, nats per token",
+}
+COLUMN_MEANINGS = {
+    "run": "the run's directory under the report's root",
+    "group": "runs that differ only in seed and data.shuffle_seed; named as the sweep named the point",
+    "n": "runs in the group (seeds)", "params": "trained parameters, every array of the model",
+    "steps": "the last step the run recorded (its final eval is there)",
+    "train_flops": "training FLOPs to the last step: steps x the model family's count per step (forward and "
+                   "backward; 6 N + attention for a Transformer, 6 N for the FFNN and LSTM)",
+    "tokens_per_s": "training throughput of the last logging interval on the machine that ran it (not a benchmark)",
+}
 
 
-def plot_metric_vs(runs: Sequence[Run], field: str, others: Sequence[str], metric: str, path: Path) -> Path | None:
-  """The final eval metric against one field; one series per eval split (such as eval_len256, the same text at
-  another context length) and combination of the other differing fields."""
-  splits = sorted({s for r in runs for s in r.eval_splits}, key=lambda s: (s != "eval", s))
-  points = [(r, s, r.final(s, metric)) for r in runs for s in splits]
-  points = [(r, s, v) for r, s, v in points if v is not None]
-  if not points:
-    return None
-  plt = _pyplot()
-  groups: dict[str, list[tuple[Any, float]]] = {}
-  for r, split, v in points:
-    parts = [split] if len(splits) > 1 else []
-    label = ", ".join(parts + [f"{o.rsplit('.', 1)[-1]}={r.config.get(o)}" for o in others])
-    groups.setdefault(label, []).append((r.config.get(field), v))
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  xs = [x for series in groups.values() for x, _ in series]
-  if all(_is_number(x) for x in xs):
-    for label, series in groups.items():
-      ax.plot(*zip(*sorted(series)), "o-", label=label or None)
-    if log_scale(xs):
-      ax.set_xscale("log")
-  else:
-    categories = list(dict.fromkeys(str(x) for x in xs))
-    width = 0.8 / len(groups)
-    for i, (label, series) in enumerate(groups.items()):
-      by_category = {str(x): v for x, v in series}
-      positions = [c + (i - (len(groups) - 1) / 2) * width for c in range(len(categories))]
-      heights = [by_category.get(c, math.nan) for c in categories]
-      bars = ax.bar(positions, heights, width, label=label or None)
-      ax.bar_label(bars, fmt="%.4f", fontsize="small")
-    ax.set_xticks(range(len(categories)), categories)
-    values = [v for _, _, v in points if math.isfinite(v)]
-    if values:  # differences between runs are small next to the metric itself; start the axis near them
-      low, high = min(values), max(values)
-      pad = (high - low) * 0.5 or abs(high) * 0.05 or 1.0
-      ax.set_ylim(max(0.0, low - pad) if low >= 0 else low - pad, high + pad)
-  ax.set_xlabel(field)
-  ax.set_ylabel(f"final eval {metric}")
-  unfinished = len({id(r) for r, _, _ in points if not r.finished})
-  ax.set_title(f"eval {metric} vs {field}" + (f" ({unfinished} run(s) unfinished)" if unfinished else ""))
-  ax.grid(alpha=0.3)
-  if any(groups):
-    ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+def describe_split(split: str) -> str:
+  if split == "eval":
+    return "the validation split (data.eval_split, or seq2seq.eval_paths)"
+  if split == "test":
+    return "the test split (data.test_split or seq2seq.test_paths): reported, never used for a choice"
+  if split.startswith("eval_len"):
+    return f"the validation text in windows of {split[len('eval_len'):]} tokens (length extrapolation)"
+  if split.startswith("eval/"):
+    return f"the validation text of source {split[len('eval/'):]!r}"
+  return "an eval split the task recorded"
 
 
-def report(root: str | os.PathLike, metric: str = "loss", x: str = "",
-           out: str | os.PathLike | None = None) -> tuple[str, list[Path]]:
-  """Writes the table, CSV and plots; returns the markdown table and the files. ValueError for bad input."""
+def glossary(runs: Sequence[Run], columns: Sequence[str], metric: str) -> Table:
+  rows = []
+  for column in columns:
+    if column in COLUMN_MEANINGS:
+      rows.append([column, COLUMN_MEANINGS[column]])
+  for split in eval_splits(runs):
+    rows.append([f"{split}/...", describe_split(split)])
+  names = list(dict.fromkeys(m for s in eval_splits(runs) for m in metric_names(runs, s)))
+  for m in names:
+    better = "higher is better" if higher_is_better(m) else "lower is better"
+    rows.append([m, f"{METRIC_MEANINGS.get(m, 'as the task records it')} ({better})"])
+  units = sorted({(r.task, r.loss_unit) for r in runs})
+  for task, unit in units:
+    rows.append([f"loss (task={task})", unit])
+  rows.append(["best_<metric>", "the best value over the run's eval records, not only the last"])
+  rows.append(["± 95% CI [n]", f"{stats.METHOD} interval of the mean over n seeds (lmjax.stats)"])
+  return Table("What the columns mean", ["column", "meaning"], rows)
+
+
+# --- the report -----------------------------------------------------------------------------------------------------
+
+def report(root: str | os.PathLike, metric: str = "loss", x: str = "", out: str | os.PathLike | None = None, *,
+           baseline: str = "", select: str = "", tuned: Sequence[str] = ()) -> tuple[str, list[Path]]:
+  """Writes the tables, CSVs, plots and HTML; returns report.md's text and the files. ValueError for bad input."""
   root = Path(root)
   if not root.is_dir():
     raise ValueError(f"{root} is not a directory; give the directory that holds the runs (e.g. a sweep's --workdir)")
   runs = load_runs(root)
   if not runs:
     raise ValueError(f"no runs under {root}: a run is a directory holding metrics.jsonl and config.json")
-  available = sorted({m for r in runs for s in r.eval_splits for m in METRICS if r.series(s, m)})
+  available = sorted({m for s in eval_splits(runs) for m in metric_names(runs, s)})
   if metric not in available:
     raise ValueError(f"--metric={metric} is not in the eval records; choose one of "
                      f"{', '.join(available) or '(none yet: no run has evaluated)'}")
+  manifest = read_manifest(root)
   fields = differing_fields(runs, _sweep_order(root))
-  field = resolve_field(x, runs) if x else (fields[0] if len(fields) == 1 else "")
+  field = resolve_field(x, runs) if x else ""
   out = Path(out) if out else root
   out.mkdir(parents=True, exist_ok=True)
 
-  columns, rows = table(runs, fields, metric, full=False)
-  text = markdown(columns, rows)
-  (out / "report.md").write_text(text)
-  write_csv(out / "report.csv", *table(runs, fields, metric, full=True))
-  written = [out / "report.md", out / "report.csv", plot_loss_curves(runs, out / "loss_curves.png")]
+  groups = make_groups(runs, fields, manifest)
+  sections: list[Table] = []
+  selection = None
+  if select:
+    selection = choose_settings(groups, select, list(tuned) or list(manifest.get("tuned") or []))
+    sections.append(selection.table)
+    groups = selection.chosen
+    (out / SELECTION_FILE).write_text(json.dumps(selection.record, indent=2) + "\n")
+  shown = [r for g in groups for r in g.runs]
+  splits = eval_splits(shown)
+  group_fields = [f for f in differing_fields(shown, _sweep_order(root)) if f not in SEED_FIELDS]
+  if not field and len(group_fields) == 1:
+    field = group_fields[0]
+  replicated = any(g.n > 1 for g in groups)
+  if replicated or selection or baseline:
+    sections.append(groups_table(groups, metric, splits, [] if selection else group_fields))
+  if baseline:
+    sections.append(comparison_table(groups, find_group(baseline, groups), metric, splits))
+  budget = matched_budget(groups)
+  if budget is not None:
+    sections.append(compute_table(groups, metric, splits, budget))
+
+  columns, rows = runs_table(runs, fields, metric, full=False)
+  runs_section = Table("Runs", columns, [[_cell(c, row.get(c), row) for c in columns] for row in rows],
+                       "Every run under the directory, with its final eval records"
+                       + (" (all candidates, chosen or not)" if selection else "") + ".")
+  sections.append(runs_section)
+  sections.append(glossary(runs, [*columns, *(["group", "n"] if replicated else [])], metric))
+
+  write_csv(out / "report.csv", *runs_table(runs, fields, metric, full=True))
+  written = [out / "report.md", out / "report.csv"]
+  if replicated or selection:
+    write_csv(out / "groups.csv", *groups_rows(groups, shown))
+    written.append(out / "groups.csv")
+  plots = [report_plots.loss_curves(groups, out / "loss_curves.png"),
+           report_plots.metric_vs_flops(groups, metric, splits, out / "loss_vs_flops.png")]
   if field:
-    others = [f for f in fields if f != field]
-    written.append(plot_metric_vs(runs, field, others, metric, out / f"{metric}_vs_{field}.png"))
-  return text, [p for p in written if p]
+    others = [f for f in group_fields if f != field]
+    plots.append(report_plots.metric_vs_field(groups, field, others, metric, splits,
+                                              out / f"{metric}_vs_{field}.png"))
+  elif len(groups) > 1:
+    plots.append(report_plots.metric_vs_field(groups, "", [], metric, splits, out / f"{metric}_by_group.png"))
+  plots = [p for p in plots if p]
+  title = f"Report: {root.resolve().name}"
+  intro = (f"{len(runs)} runs in {len(make_groups(runs, fields, manifest))} groups under `{root}`"
+           + (f"; settings chosen on {selection.metric} (the test split is reported, never used to choose)"
+              if selection else "") + f". Intervals: {stats.METHOD} over seeds.")
+  text = report_html.markdown_document(title, intro, sections, plots)
+  (out / "report.md").write_text(text)
+  report_html.write_html(out / "report.html", title, intro, sections, plots)
+  written += [out / "report.html", *plots]
+  if selection:
+    written.append(out / SELECTION_FILE)
+  return text, written
 
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    print("error: give one directory: python -m lmjax.report DIR [--metric=loss] [--x=FIELD] [--out=DIR]",
-          file=sys.stderr)
+    print("error: give one directory: python -m lmjax.report DIR [--metric=loss] [--x=FIELD] [--out=DIR] "
+          "[--baseline=GROUP] [--select=SPLIT/METRIC]", file=sys.stderr)
     sys.exit(2)
   console.setup(uses_tfds=False)
+  f = flags.FLAGS
   try:
-    text, written = report(argv[1], flags.FLAGS.metric, flags.FLAGS.x, flags.FLAGS.out or None)
+    text, written = report(argv[1], f.metric, f.x, f.out or None, baseline=f.baseline, select=f.select,
+                           tuned=[t.strip() for t in f.tuned.split(",") if t.strip()])
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(text, end="", flush=True)  # stdout is the table alone, ready to paste
+  print(text, end="", flush=True)  # stdout is report.md, ready to paste
   print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
 
 
@@ -393,10 +831,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run() -> None:
   """The `lmjax-report` command."""
   # Defined here, not at import, so that lmjax.sweep (which imports is_finished) does not grow these flags.
-  flags.DEFINE_string("metric", "loss", "Eval metric for the 'best' column and the metric plot.")
+  flags.DEFINE_string("metric", "loss", "Eval metric of the tables' mean columns, the comparison and the plots.")
   flags.DEFINE_string("x", "", "Config field for the metric plot, e.g. model.position (or just position); "
-                      "default: the one field that differs between runs, if there is exactly one.")
-  flags.DEFINE_string("out", "", "Where report.md, report.csv and the plots go; default: the runs directory.")
+                      "default: the one field that differs between groups, if there is exactly one.")
+  flags.DEFINE_string("out", "", "Where the files go; default: the runs directory.")
+  flags.DEFINE_string("baseline", "", "Compare every group with this one: its name, or field=value pairs that pick "
+                      "it (e.g. position=learned, name=gpt).")
+  flags.DEFINE_string("select", "", "SPLIT/METRIC (e.g. eval/loss): choose each setting's best value of the tuned "
+                      "fields on it; writes selection.json. Never a test split.")
+  flags.DEFINE_string("tuned", "", "The tuned fields, comma-separated; default: those h.tune recorded in sweep.json.")
   describe_command(__name__)
   app.run(main, flags_parser=parse_flags)
 

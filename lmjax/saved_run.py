@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from lmjax import provenance
+
 
 class RunError(ValueError):
   """A workdir that is not a usable run; the message is one line naming the workdir and the fix."""
@@ -71,7 +73,7 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   if not workdir.is_dir():
     raise RunError(f"{workdir}: no such directory; give the workdir of a trained run")
   try:
-    saved = json.loads((workdir / "config.json").read_text())
+    saved = provenance.config_fields(json.loads((workdir / "config.json").read_text()))
   except FileNotFoundError:
     raise RunError(f"{workdir} has no config.json; is it a run's workdir?") from None
   except json.JSONDecodeError as e:

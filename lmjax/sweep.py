@@ -1,6 +1,7 @@
 r"""Run every point of a hyperparameter sweep, each in its own workdir and its own process.
 
-  python -m lmjax.sweep --config=configs/sweep_example.py --workdir=runs/positions [--parallel=2] [--dry_run]
+  python -m lmjax.sweep --config=configs/sweep_example.py --workdir=runs/positions [--parallel=2] [--dry_run] \
+      [--seeds=3 [--vary=both|init|data]]
 
 A config file that defines `get_hyper(h)` next to `get_config(arg)` describes a sweep: `get_hyper` returns a list
 of points, each a dict {field: value} of config overrides, built with the helpers on `h`:
@@ -13,6 +14,14 @@ Each point runs `python -m lmjax.main --config=FILE --workdir=DIR/<name> --confi
 process, so a crash in one point leaves the others running. Rerunning the same command skips finished points and
 resumes half-done ones from their latest checkpoint. Every point is checked against the config before anything
 is launched.
+
+Replicates: `h.seeds(n)` (or `--seeds=n` for a whole sweep) runs each point under n seeds, which change the
+initialization (`seed`) and the order of the training data (`data.shuffle_seed`), or only one of them
+(`vary='init'` / `'data'`). The replicates of a point are one group: they run in DIR/<group>/seed=<s>,...
+and sweep.json lists them together, for lmjax.report to aggregate. `h.tune(points, learning_rate=[...],
+warmup_steps=[...])` sweeps the optimizer settings of each point (an architecture, say) and marks them as tuned:
+`lmjax.report DIR --select=eval/loss` picks each group's best setting on that validation metric and writes
+DIR/selection.json, which `h.selected(path)` turns back into points (for the final sweep with more seeds).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from ml_collections import config_flags
 from lmjax import console
 from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import ConfigError, validate
-from lmjax.report import final_step, is_finished
+from lmjax.report import SEED_FIELDS, SELECTION_FILE, final_step, is_finished
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config and get_hyper, "
                                           "e.g. configs/sweep_example.py[:arg].", lock_config=True)
@@ -51,6 +60,10 @@ _PARALLEL = flags.DEFINE_integer("parallel", 1, "Points to run at once.", lower_
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one shell command per point and run nothing.")
 _EVALUATE = flags.DEFINE_string("evaluate", "", "lmjax.evaluate's flags, run on every finished point, e.g. "
                                 "'--tasks=lambada_openai --limit=500'; its scores join the report's columns.")
+_SEEDS = flags.DEFINE_integer("seeds", 0, "Run every point under this many seeds (as h.seeds(n) would); 0: the "
+                              "points as get_hyper gives them.", lower_bound=0)
+_VARY = flags.DEFINE_enum("vary", "both", ("both", "init", "data"), "What --seeds varies: the initialization "
+                          "(config.seed), the data order (config.data.shuffle_seed), or both.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 PREEMPTED_EXIT_CODE = 75  # as lmjax.preemption: stopped by a signal; rerun to resume
@@ -63,6 +76,8 @@ SHORT_NAMES = {"learning_rate": "lr", "min_learning_rate": "min_lr", "weight_dec
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 _MAX_NAME = 120
+# What a replicate changes (SEED_FIELDS: points that differ only in these are one group, aggregated by the report).
+VARY = {"both": SEED_FIELDS, "init": ("seed",), "data": ("data.shuffle_seed",)}
 
 
 class HyperError(ValueError):
@@ -70,7 +85,62 @@ class HyperError(ValueError):
 
 
 class Hyper:
-  """The `h` that get_hyper receives. Every helper returns a list of points, so results nest and concatenate."""
+  """The `h` that get_hyper receives. Every helper returns a list of points, so results nest and concatenate.
+
+  `h.arg` is the config's argument (FILE.py:ARG), so one file can describe several sweeps (tuning, final).
+  """
+
+  def __init__(self, base: ml_collections.ConfigDict | None = None, arg: str = "",
+               workdir: str | os.PathLike | None = None):
+    self._base = base
+    self.arg = arg
+    self.workdir = None if workdir is None else Path(workdir)  # the sweep's --workdir
+    self.tuned: list[str] = []  # fields h.tune swept, in order; recorded in sweep.json for lmjax.report --select
+
+  def seeds(self, n: int, vary: str = "both") -> list[Point]:
+    """n replicates: seed and data.shuffle_seed (vary='both'), or only one ('init' / 'data'), counting up from
+    the config's own values, so replicate 0 is the config as written."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      raise HyperError(f"h.seeds(n) needs a positive number of seeds, got {n!r}")
+    if vary not in VARY:
+      raise HyperError(f"h.seeds(n, vary={vary!r}): vary is one of {', '.join(VARY)}")
+    start = {"seed": 0, "data.shuffle_seed": 0}
+    if self._base is not None:
+      start = {"seed": int(self._base.seed), "data.shuffle_seed": int(self._base.data.shuffle_seed)}
+    return [{field: start[field] + i for field in VARY[vary]} for i in range(n)]
+
+  def tune(self, points: list[Point] | None = None, *, learning_rate: Sequence[float],
+           warmup_steps: Sequence[int] | None = None) -> list[Point]:
+    """Every point (e.g. one per architecture; None: the config alone) at every learning rate and, if given,
+    warmup length: h.product of them, with optim.learning_rate (and optim.warmup_steps) marked as tuned, so that
+    lmjax.report --select chooses among them per point on a validation metric."""
+    sweeps = [self.sweep("optim.learning_rate", learning_rate)]
+    if warmup_steps is not None:
+      sweeps.append(self.sweep("optim.warmup_steps", warmup_steps))
+    fields = [s for sweep in sweeps for s in _fields(sweep)]
+    if points is not None:
+      clash = sorted(set(_fields(points)) & set(fields))
+      if clash:
+        raise HyperError(f"h.tune sweeps {', '.join(clash)} itself; leave it out of the points it tunes")
+    self.tuned += [f for f in fields if f not in self.tuned]
+    return self.product([points, *sweeps] if points is not None else sweeps)
+
+  def selected(self, path: str | os.PathLike | None = None) -> list[Point]:
+    """The points lmjax.report --select chose (its selection.json; a directory means the file in it; default: the
+    sweep's --workdir): one per group, with the setting that was best on the validation metric."""
+    if path is None and self.workdir is None:
+      raise HyperError("h.selected() without a path needs the sweep's --workdir; give the selection.json path")
+    path = Path(path) if path is not None else self.workdir
+    path = path / SELECTION_FILE if path.is_dir() or not path.suffix else path
+    try:
+      record = json.loads(path.read_text())
+      chosen = [dict(g["chosen"]) for g in record["groups"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise HyperError(f"h.selected: cannot read {path} ({e}); run the tuning sweep, then lmjax.report DIR "
+                       f"--select=eval/<metric>, which writes it") from None
+    if not chosen:
+      raise HyperError(f"h.selected: {path} chose no points; check the tuning sweep's runs")
+    return [{k: _plain(v) for k, v in p.items() if k not in SEED_FIELDS} for p in chosen]
 
   def sweep(self, field: str, values: Sequence[Any]) -> list[Point]:
     if not isinstance(field, str) or not field or field.startswith("config."):
@@ -94,8 +164,8 @@ class Hyper:
     return [_merge(combo) for combo in zip(*sweeps)]
 
   def __getattr__(self, name: str) -> Any:
-    raise AttributeError(f"h.{name} is not a sweep helper; use h.sweep(field, values), h.product([...]) or "
-                         f"h.zip([...])")
+    raise AttributeError(f"h.{name} is not a sweep helper; use h.sweep(field, values), h.product([...]), "
+                         f"h.zip([...]), h.seeds(n), h.tune(points, learning_rate=[...]) or h.selected(path)")
 
 
 def _plain(value: Any) -> Any:
@@ -140,8 +210,18 @@ def flag_value(value: Any) -> str:
   return value if isinstance(value, str) else repr(value)
 
 
+def split_replicate(point: Point) -> tuple[Point, Point]:
+  """(the point's group fields, its seed fields)."""
+  return ({k: v for k, v in point.items() if k not in SEED_FIELDS},
+          {k: v for k, v in point.items() if k in SEED_FIELDS})
+
+
 def point_name(point: Point) -> str:
-  """A directory name that depends on the point alone, so reruns and grown sweeps find the same workdirs."""
+  """A directory name that depends on the point alone, so reruns and grown sweeps find the same workdirs. A
+  replicate (a point setting seed fields) lives in its group's directory: 'position=rope/seed=1,shuffle_seed=1'."""
+  group, seeds = split_replicate(point)
+  if seeds and group:
+    return f"{point_name(group)}/{point_name(seeds)}"
   if not point:
     return "default"
   shorts = {f: SHORT_NAMES.get(f.rsplit(".", 1)[-1], f.rsplit(".", 1)[-1]) for f in point}
@@ -160,9 +240,17 @@ def point_name(point: Point) -> str:
   return name
 
 
-def load_points(config_arg: str) -> list[Point]:
-  """Calls the file's get_hyper(h); HyperError names the file and what to change."""
-  path = config_arg.split(":", 1)[0]
+def load_points(config_arg: str, base: ml_collections.ConfigDict | None = None, seeds: int = 0,
+                vary: str = "both", workdir: str | os.PathLike | None = None) -> list[Point]:
+  """Calls the file's get_hyper(h) (h.seeds counts from `base`'s seeds), then crosses every point with `seeds`
+  replicates if asked (--seeds); HyperError names the file and what to change."""
+  return load_sweep(config_arg, base, seeds, vary, workdir)[0]
+
+
+def load_sweep(config_arg: str, base: ml_collections.ConfigDict | None = None, seeds: int = 0,
+               vary: str = "both", workdir: str | os.PathLike | None = None) -> tuple[list[Point], list[str]]:
+  """(points, the fields h.tune marked as tuned)."""
+  path, _, arg = config_arg.partition(":")
   spec = importlib.util.spec_from_file_location("lmjax_sweep_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -170,15 +258,23 @@ def load_points(config_arg: str) -> list[Point]:
   if not callable(get_hyper):
     raise HyperError(f"{path} defines no get_hyper(h); add one returning e.g. h.sweep('model.position', "
                      f"['learned', 'rope']), or train a single run with python -m lmjax.main")
+  h = Hyper(base, arg, workdir)
   try:
-    points = get_hyper(Hyper())
-  except (HyperError, AttributeError, TypeError) as e:
+    points = get_hyper(h)
+  except (HyperError, AttributeError, TypeError, ValueError) as e:
     raise HyperError(f"{path}: get_hyper: {e}") from None
   if not isinstance(points, list) or not points or not all(
       isinstance(p, dict) and all(isinstance(k, str) for k in p) for p in points):
     raise HyperError(f"{path}: get_hyper must return a non-empty list of {{field: value}} dicts, as h.sweep, "
                      f"h.product and h.zip do; got {type(points).__name__}")
-  return [{k: _plain(v) for k, v in p.items()} for p in points]
+  points = [{k: _plain(v) for k, v in p.items()} for p in points]
+  if seeds:
+    seeded = sorted({k for p in points for k in p if k in SEED_FIELDS})
+    if seeded:
+      raise HyperError(f"--seeds={seeds}: get_hyper in {path} already sets {', '.join(seeded)}; drop --seeds or "
+                       f"the seeds in get_hyper (h.seeds)")
+    points = h.product([points, h.seeds(seeds, vary)])
+  return points, list(h.tuned)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +285,7 @@ class SweepPoint:
   workdir: Path
   args: tuple[str, ...]  # lmjax.main's arguments
   num_steps: int  # the step of its last eval record once finished
+  group: str = ""  # the name of the point without its seed fields: replicates share it
 
   def command(self, python: str = "python") -> list[str]:
     return [python, "-m", "lmjax.main", *self.args]
@@ -254,19 +351,46 @@ def plan(config_arg: str, base: ml_collections.ConfigDict, base_overrides: Point
     shared = [f"--config.{k}={flag_value(v)}" for k, v in base_overrides.items() if k not in point]
     args = (f"--config={config_arg}", f"--workdir={point_dir}", *shared,
             *(f"--config.{k}={flag_value(v)}" for k, v in point.items()))
-    planned.append(SweepPoint(name, point, point_dir, args, final_step(config.to_dict())))
+    planned.append(SweepPoint(name, point, point_dir, args, final_step(config.to_dict()),
+                              point_name(split_replicate(point)[0])))
   return planned
 
 
+def groups_of(points: Sequence[SweepPoint]) -> dict[str, list[SweepPoint]]:
+  """Points by group, in sweep order: a group's points are the replicates of one setting."""
+  out: dict[str, list[SweepPoint]] = {}
+  for p in points:
+    out.setdefault(p.group or p.name, []).append(p)
+  return out
+
+
 def write_manifest(config_arg: str, base_overrides: Point, points: list[SweepPoint], workdir: Path,
-                   outcomes: dict[str, str] | None = None) -> None:
-  """DIR/sweep.json: what the sweep is, for people, cluster scripts and lmjax.report."""
+                   outcomes: dict[str, str] | None = None, tuned: Sequence[str] = ()) -> None:
+  """DIR/sweep.json: what the sweep is, for people, cluster scripts and lmjax.report.
+
+  A sweep run again into the same DIR (a final sweep after a tuning one) adds its points to those recorded, so
+  the file describes every run in DIR; `tuned` is kept from the first sweep that set it.
+  """
   outcomes = outcomes or {}
+  path = workdir / "sweep.json"
+  previous: dict[str, Any] = {}
+  try:
+    previous = json.loads(path.read_text())
+  except (OSError, ValueError):
+    pass
+  names = {p.name for p in points}
+  kept = [q for q in previous.get("points", []) if isinstance(q, dict) and q.get("name") not in names]
+  entries = kept + [{"name": p.name, "group": p.group or p.name, "workdir": str(p.workdir),
+                     "overrides": p.overrides, "command": shlex.join(p.command()),
+                     **({"outcome": outcomes[p.name]} if p.name in outcomes else {})} for p in points]
+  grouped: dict[str, dict[str, Any]] = {}
+  for entry in entries:
+    group = grouped.setdefault(entry.get("group", entry["name"]), {
+        "name": entry.get("group", entry["name"]), "points": [],
+        "overrides": split_replicate(entry.get("overrides", {}))[0]})
+    group["points"].append(entry["name"])
   record = {"config": config_arg, "overrides": base_overrides,
-            "points": [{"name": p.name, "workdir": str(p.workdir), "overrides": p.overrides,
-                        "command": shlex.join(p.command()), **({"outcome": outcomes[p.name]}
-                                                               if p.name in outcomes else {})}
-                       for p in points]}
+            "tuned": list(previous.get("tuned") or tuned), "groups": list(grouped.values()), "points": entries}
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / "sweep.json.tmp"
   tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -412,7 +536,8 @@ def main(argv: list[str]) -> None:
   base_overrides = {k: _plain(v) for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()}
   workdir = Path(_WORKDIR.value)
   try:
-    points = plan(config_arg, _CONFIG.value, base_overrides, load_points(config_arg), workdir)
+    hyper_points, tuned = load_sweep(config_arg, _CONFIG.value, _SEEDS.value, _VARY.value, workdir)
+    points = plan(config_arg, _CONFIG.value, base_overrides, hyper_points, workdir)
   except HyperError as e:
     fail(str(e))
 
@@ -423,7 +548,7 @@ def main(argv: list[str]) -> None:
         print(shlex.join(evaluation_command(p, _EVALUATE.value, "python")))
     return
 
-  write_manifest(config_arg, base_overrides, points, workdir)
+  write_manifest(config_arg, base_overrides, points, workdir, tuned=tuned)
   runner, stopping = SubprocessRunner(), threading.Event()
 
   def stop(signum: int, frame: Any) -> None:
@@ -442,7 +567,7 @@ def main(argv: list[str]) -> None:
   if _EVALUATE.value and not stopping.is_set():
     evaluated = evaluate_points(points, _EVALUATE.value, run_logged, log=lambda line: print(line, flush=True))
   described = outcomes(points, statuses)
-  write_manifest(config_arg, base_overrides, points, workdir, described)
+  write_manifest(config_arg, base_overrides, points, workdir, described, tuned=tuned)
   width = max(len(name) for name in described)
   print(f"\nsweep {workdir}: {len(points)} points")
   print("\n".join(f"{name:<{width}}  {text}" for name, text in described.items()), flush=True)

@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import metrics as metrics_lib
-from lmjax import compile_cache, init_from, programs, sharding, writers
+from lmjax import compile_cache, init_from, programs, provenance, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
 from lmjax.config import ConfigError, validate
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
@@ -242,7 +242,9 @@ def _record_fit(config: ml_collections.ConfigDict, workdir: Path, fitted: FitRes
   logging.info("%s", writers.eval_line("eval", 1, fitted.metrics["eval"]))
   if jax.process_index() == 0:
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
-  writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  writer = writers.MetricWriter(workdir, trackers=writers.trackers_of(config.train),
+                                run_config=provenance.with_record(config.to_dict()),
+                                wandb_project=config.train.wandb_project)
   try:
     for split, metrics in fitted.metrics.items():
       writer.write(1, split, metrics)
@@ -303,7 +305,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   if t.eval_tasks:  # lm-evaluation-harness tasks (lmjax[eval]); names and data are checked before the first step
     from lmjax.harness import TrainingTasks  # pylint: disable=import-outside-toplevel
     harness_tasks = TrainingTasks(config, model, tokenizer, mesh, progs.rules)
-  writer = writers.MetricWriter(workdir, tensorboard=t.tensorboard)
+  writer = writers.MetricWriter(workdir, trackers=writers.trackers_of(t),
+                                run_config=provenance.with_record(config.to_dict()), wandb_project=t.wandb_project)
 
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
     for split, batches in eval_sets.items():
@@ -329,7 +332,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   end = t.num_steps if stop_at is None else min(stop_at, t.num_steps)
   log = writers.TrainLog(tokens_per_step=t.batch_size * d.seq_len,
                          learning_rate=learning_rate_schedule(config.optim, t.num_steps),
-                         num_params=count_params(state.params))
+                         num_params=count_params(state.params),
+                         flops_per_step=task.train_flops(state.params, t.batch_size))
   eval_metrics: dict[str, float] = {}
   first_call = True
   profiler = StepProfiler(t.profile_steps, workdir)
@@ -380,7 +384,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
   if not eval_metrics and step >= t.num_steps:  # a finished run started again: report its final metrics
     eval_metrics = run_eval(step, write=False)
   if step >= t.num_steps and t.plot:
-    path = writers.plot_loss_curves(workdir)
+    path = writers.plot_loss_curves(workdir, loss_unit=task.loss_unit)
     if path:
       logging.info("Loss curve: %s", path)
   return eval_metrics

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from lmjax import provenance
 from lmjax.config import ConfigError, base_config, flatten
 
 # What fixes the shapes of the saved state and the meaning of token ids: changing any of these under an existing
@@ -34,7 +35,7 @@ def changed_fields(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """Fields whose value differs. A field missing from the saved record (added to lmjax after that run started)
   counts as its default, so upgrading lmjax does not make old workdirs look like a different model."""
   defaults = flatten(base_config().to_dict())
-  a, b = flatten(saved), flatten(new)
+  a, b = flatten(provenance.config_fields(saved)), flatten(new)
   a = {**{k: v for k, v in defaults.items() if k not in a}, **a}
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
@@ -64,4 +65,4 @@ def check_and_record_config(config: ml_collections.ConfigDict, workdir: Path, ha
       if jax.process_index() == 0:
         path.rename(workdir / f"config.{int(time.time())}.json")
   if jax.process_index() == 0:
-    path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(provenance.with_record(new), indent=2, sort_keys=True) + "\n")

@@ -20,7 +20,7 @@ PACKAGE = Path(lmjax.__file__).resolve().parent
 LAYERS = (
     ("base", ("lmjax.registry", "lmjax.config", "lmjax.metrics", "lmjax.text_metrics", "lmjax.finetune_metrics",
               "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli",
-              "lmjax.eval_results")),
+              "lmjax.eval_results", "lmjax.stats", "lmjax.provenance")),
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),
     ("models", ("lmjax.models", "lmjax.models.*")),
     ("runs", ("lmjax.compile_cache", "lmjax.profiling", "lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint", "lmjax.sharding", "lmjax.state",
@@ -31,8 +31,9 @@ LAYERS = (
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
     ("programs", ("lmjax.step", "lmjax.programs", "lmjax.memory_check")),
     ("trainer", ("lmjax.train",)),
-    ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.evaluate",
-                  "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config", "lmjax.prepare_beam",
+    ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.report_plots",
+                  "lmjax.report_html", "lmjax.evaluate", "lmjax.prepare_beam",
+                  "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config",
                   "lmjax.distill.precompute")),
 )
 

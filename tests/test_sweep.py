@@ -77,8 +77,8 @@ def test_names_are_readable_stable_and_unique():
   assert sweep.point_name({"train.sample_prompt": "a/b"}).startswith("sample_prompt=a_b-")
   assert sweep.point_name({"model.dropout": 0.1, "model.attention_dropout": 0.0, "train.plot": False}) == \
       "dropout=0.1,attention_dropout=0.0,plot=false"
-  clash = sweep.point_name({"data.seed": 1, "seed": 2})  # two fields named 'seed' keep their full names
-  assert clash == "data.seed=1,seed=2"
+  clash = sweep.point_name({"data.seed": 1, "mlm.seed": 2})  # two fields named 'seed' keep their full names
+  assert clash == "data.seed=1,mlm.seed=2"
   grid = h.product([h.sweep("model.position", ["learned", "rope", "alibi"]), h.sweep("optim.learning_rate",
                                                                                     [1e-4, 3e-4, 1e-3])])
   names = [sweep.point_name(p) for p in grid]
@@ -288,3 +288,63 @@ def test_every_sweep_config_plans_cleanly(path):
   spec.loader.exec_module(module)
   points = sweep.plan(arg, module.get_config(), {}, sweep.load_points(arg), "/sw")
   assert len({p.workdir for p in points}) == len(points) > 1
+
+
+# --- replicates and tuning ------------------------------------------------------------------------------------------
+
+def test_seeds_count_up_from_the_config_and_vary_what_is_asked():
+  base = sweep_example.get_config()
+  base.seed, base.data.shuffle_seed = 7, 100
+  seeded = Hyper(base)
+  assert seeded.seeds(3) == [{"seed": 7 + i, "data.shuffle_seed": 100 + i} for i in range(3)]
+  assert seeded.seeds(2, vary="init") == [{"seed": 7}, {"seed": 8}]
+  assert seeded.seeds(2, vary="data") == [{"data.shuffle_seed": 100}, {"data.shuffle_seed": 101}]
+  with pytest.raises(HyperError, match="positive number of seeds"):
+    seeded.seeds(0)
+  with pytest.raises(HyperError, match="vary is one of both, init, data"):
+    seeded.seeds(2, vary="weights")
+
+
+def test_replicates_share_a_group_directory_and_one_group_in_sweep_json(tmp_path):
+  config = write_config(tmp_path, "h.product([h.sweep('model.position', ['rope', 'alibi']), h.seeds(3)])")
+  points = sweep.plan(str(config), sweep_example.get_config(), {}, sweep.load_points(str(config)), tmp_path / "sw")
+  assert [p.name for p in points[:3]] == [f"position=rope/seed={i},shuffle_seed={i}" for i in range(3)]
+  assert {p.group for p in points} == {"position=rope", "position=alibi"}
+  assert "--config.seed=2" in points[2].args and "--config.data.shuffle_seed=2" in points[2].args
+  sweep.write_manifest(str(config), {}, points, tmp_path / "sw")
+  manifest = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+  assert [(g["name"], len(g["points"]), g["overrides"]) for g in manifest["groups"]] == [
+      ("position=rope", 3, {"model.position": "rope"}), ("position=alibi", 3, {"model.position": "alibi"})]
+
+
+def test_the_seeds_flag_replicates_any_sweep_but_not_one_that_already_has_seeds(tmp_path):
+  plain = write_config(tmp_path, "h.sweep('model.position', ['rope', 'alibi'])")
+  points = sweep.load_points(str(plain), sweep_example.get_config(), seeds=2, vary="init")
+  assert points == [{"model.position": p, "seed": s} for p in ("rope", "alibi") for s in (0, 1)]
+  seeded = write_config(tmp_path, "h.product([h.sweep('model.position', ['rope']), h.seeds(2)])", "seeded.py")
+  with pytest.raises(HyperError, match="already sets data.shuffle_seed, seed; drop --seeds"):
+    sweep.load_points(str(seeded), seeds=3)
+
+
+def test_tune_sweeps_the_optimizer_per_point_and_marks_it_for_the_report(tmp_path):
+  hyper = Hyper()
+  points = hyper.tune(hyper.sweep("model.name", ["gpt", "lstm"]), learning_rate=[1e-3, 2e-3], warmup_steps=[50])
+  assert points == [{"model.name": m, "optim.learning_rate": lr, "optim.warmup_steps": 50}
+                    for m in ("gpt", "lstm") for lr in (1e-3, 2e-3)]
+  assert hyper.tuned == ["optim.learning_rate", "optim.warmup_steps"]
+  with pytest.raises(HyperError, match="h.tune sweeps optim.learning_rate itself"):
+    hyper.tune(hyper.sweep("optim.learning_rate", [1.0]), learning_rate=[1e-3])
+  config = write_config(tmp_path, "h.tune(h.sweep('model.position', ['rope']), learning_rate=[1e-3, 3e-3])")
+  assert sweep.load_sweep(str(config))[1] == ["optim.learning_rate"]
+
+
+def test_selected_reads_back_what_the_report_chose(tmp_path):
+  selection = {"metric": "eval/loss", "groups": [
+      {"name": "name=gpt", "chosen": {"model.name": "gpt", "optim.learning_rate": 0.002}},
+      {"name": "name=lstm", "chosen": {"model.name": "lstm", "optim.learning_rate": 0.004}}]}
+  (tmp_path / "selection.json").write_text(json.dumps(selection))
+  chosen = Hyper(workdir=tmp_path).selected()
+  assert chosen == [g["chosen"] for g in selection["groups"]]
+  assert Hyper().selected(tmp_path / "selection.json") == chosen
+  with pytest.raises(HyperError, match="run the tuning sweep, then lmjax.report DIR --select"):
+    Hyper().selected(tmp_path / "nothing_here")

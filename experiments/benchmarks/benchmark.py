@@ -11,7 +11,8 @@ prints a markdown table row:
   step ms      median / mean wall time per optimizer step over --steps timed steps, after --warmup steps; each
                call is waited on (block_until_ready), and a call of train.steps_per_call steps counts as that many.
   tokens/s     train.batch_size * data.seq_len / median step time, all devices together.
-  TFLOP/s      model FLOPs per token * tokens/s, with the nanoGPT / PaLM (appendix B) convention:
+  TFLOP/s      model FLOPs per token * tokens/s, as the model family counts them (ModelConfig.flops_per_token in
+               lmjax/models/); for the Transformer the nanoGPT / PaLM (appendix B) convention:
                  FLOPs per token = 6 * N + 12 * n_layers * d_model * seq_len
                N counts the parameters that multiply every token: all parameters except the learned position
                table (a lookup), and, when embeddings are untied, except the input token table too (the lm_head
@@ -19,7 +20,8 @@ prints a markdown table row:
                the logits matmul. 6 = forward (2) + backward (4) multiply-adds; 12 * L * D * T is the attention
                scores and weighted sum, forward and backward, over the full T x T square as nanoGPT and PaLM count
                it (no discount for the causal mask). Rematerialized recomputation is not model FLOPs, so remat lowers
-               this number: it is MFU, not hardware FLOPs utilization. Only for model.name='gpt'.
+               this number: it is MFU, not hardware FLOPs utilization. The feed-forward LM and the LSTM count 6 * N;
+               families that count nothing (the n-gram, BERT's heads) show '-'.
   MFU          TFLOP/s / (peak TFLOP/s per device * devices). The peak is --peak_tflops, or the dense bf16 tensor
                peak from the table below by device kind, also for float32 compute (so a float32 MFU reads low). On
                CPU there is no table entry and MFU is '-' unless --peak_tflops is given.
@@ -58,6 +60,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from lmjax import programs, sharding  # noqa: E402
 from lmjax.config import validate  # noqa: E402
+from lmjax.models import model_config  # noqa: E402
 from lmjax.data.tokenizers import NUM_SPECIAL  # noqa: E402
 from lmjax.state import count_params, create_train_state  # noqa: E402
 
@@ -131,11 +134,9 @@ def matmul_params(params: Any, tie_embeddings: bool) -> int:
   return total
 
 
-def flops_per_token(config: Any, n_matmul: int) -> float | None:
-  m = config.model
-  if m.name != "gpt":
-    return None
-  return 6.0 * n_matmul + 12.0 * m.num_layers * m.d_model * config.data.seq_len
+def flops_per_token(config: Any, vocab_size: int, params: Any) -> float | None:
+  """The model family's own count (lmjax/models/: ModelConfig.flops_per_token), the one lmjax.report uses."""
+  return model_config(config, vocab_size).flops_per_token(params, config.data.seq_len)
 
 
 def random_batches(config: Any, vocab_size: int, calls: int, mesh, spec) -> list[dict[str, jax.Array]]:
@@ -198,7 +199,7 @@ def measure(config: Any, argv: list[str]) -> dict[str, Any]:
   tokens_per_s = tokens_per_step / median_s
   n_params = count_params(abstract_state.params)
   n_matmul = matmul_params(abstract_state.params, m.tie_embeddings)
-  fpt = flops_per_token(config, n_matmul)
+  fpt = flops_per_token(config, vocab_size, abstract_state.params)
   achieved_tflops = None if fpt is None else fpt * tokens_per_s / 1e12
 
   kind = devices[0].device_kind
@@ -303,7 +304,8 @@ def main(argv: list[str]) -> None:
           f"{row['tokens_per_s']:,.0f} tokens/s; final loss {row['final_loss']:.3f}")
     if fpt is not None:
       peak = row["peak_tflops_per_device"]
-      print(f"model FLOPs/token {fpt:.4g} = 6 * {row['matmul_params']:,} + 12 * L * D * {row['seq_len']}; "
+      print(f"model FLOPs/token {fpt:.4g} (the model family's count; for a Transformer 6 * "
+            f"{row['matmul_params']:,} + 12 * L * D * {row['seq_len']}); "
             f"achieved {row['achieved_tflops']:.4g} TFLOP/s; peak "
             + (f"{peak:g} TFLOP/s per device ({'--peak_tflops' if _PEAK.value else 'dense bf16, built-in table'})"
                if peak else "unknown for this device (pass --peak_tflops)"))

@@ -1,61 +1,88 @@
-"""Architectures at matched size: Kneser-Ney n-grams, a feed-forward LM, an LSTM and a GPT on the same data.
+"""Architectures at matched size and compute: Kneser-Ney n-grams, a feed-forward LM, an LSTM and a GPT, each tuned.
 
-Character-level, embedded corpus, 128-character windows, the same 40 x 16 validation windows as configs/default.py
-for every point. The three neural models have 0.61-0.62M parameters each and train for the same 1500 steps of 16
-windows; the n-gram models (orders 3, 5, 7) are counted in one pass over the training split.
+Character-level, embedded corpus, 128-character windows. The validation split (the last 10% of the chapters) is
+cut in two: its first half ('eval', data.eval_split='validation[:50%]') chooses each model's learning rate, its
+second half ('test', data.test_split='validation[50%:]') is reported and never used for a choice. The three neural
+models have 0.25M parameters each (249-250 thousand) and train for 3000 steps of 16 windows (1.6 epochs); the
+n-gram models (orders 3, 5, 7) are counted in one pass and have no seed to vary.
 
-  python -m lmjax.sweep --config=experiments/transformer_vs_rnn/config.py --workdir=runs/transformer_vs_rnn \
-      --parallel=1
-  python -m lmjax.report runs/transformer_vs_rnn --metric=bits_per_char
+  # 1. tune: every neural model at three learning rates, seed 0 (FILE:tune)
+  python -m lmjax.sweep --config=experiments/transformer_vs_rnn/config.py:tune --workdir=runs/transformer_vs_rnn
+  # 2. choose each model's learning rate on eval/bits_per_char; writes runs/transformer_vs_rnn/selection.json
+  python -m lmjax.report runs/transformer_vs_rnn --select=eval/bits_per_char
+  # 3. the chosen settings under seeds 0, 1, 2 (seed 0 is the tuning run, already finished), and the n-grams
+  python -m lmjax.sweep --config=experiments/transformer_vs_rnn/config.py:final --workdir=runs/transformer_vs_rnn
+  # 4. the report: each model's chosen setting, its test split, mean and 95% CI over the seeds, against the GPT
+  python -m lmjax.report runs/transformer_vs_rnn --select=eval/bits_per_char --metric=bits_per_char \\
+      --baseline=name=gpt
 """
 
 from lmjax.config import base_config
 
 
-def get_config():
+def get_config(arg: str = ""):
+  del arg  # the sweep's phase (tune, final) changes the points, not the config
   c = base_config()
   c.data.source = "embedded"
   c.data.seq_len = 128
+  c.data.eval_split = "validation[:50%]"  # chooses the learning rates
+  c.data.test_split = "validation[50%:]"  # reported; never used for a choice
   c.tokenizer.kind = "char"
   c.model.name = "gpt"
   c.model.num_layers = 3
   c.model.num_heads = 4
-  c.model.d_model = 128
-  c.model.mlp_dim = 512
+  c.model.d_model = 80
+  c.model.mlp_dim = 320
   c.model.max_len = 128
   c.model.position = "learned"
   c.model.activation = "gelu"
   c.model.ffnn_context = 16  # feed-forward LM only
   c.model.dropout = 0.0
   c.optim.learning_rate = 2e-3
-  c.optim.min_learning_rate = 2e-4
-  c.optim.warmup_steps = 100
+  c.optim.min_learning_rate = 1e-4
+  c.optim.warmup_steps = 200
   c.train.batch_size = 16
-  c.train.num_steps = 1500
+  c.train.num_steps = 3000
   c.train.steps_per_call = 10
   c.train.log_every = 100
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
-  c.train.eval_batches = 40  # with batch 16: the validation windows of configs/default.py, ngram.py, ffnn.py, lstm.py
+  c.train.keep_checkpoints = 1
+  c.train.eval_batches = 0  # each half of the validation split whole: 1,207 and 1,244 windows
   c.train.sample_length = 200
   c.train.num_samples = 1
   c.train.async_checkpoints = False
   return c
 
 
-def get_hyper(h):
-  # Sizes and learning rates per model: the GPT of configs/default.py with 3 layers instead of 4, the LSTM of
-  # configs/lstm.py, the feed-forward LM of configs/ffnn.py with a hidden layer of 544 instead of 512, so that all
-  # three have 606-622 thousand parameters. init_std is the embedding scale (1.0 for the unnormalized baselines).
-  neural = h.zip([
+def architectures(h):
+  """The three neural models at 249-250 thousand parameters: a 3-layer GPT of width 80 (4 heads, MLP 320, learned
+  positions, tied embeddings: 250,320), a 2-layer LSTM of width 122 (tied: 248,880), and a feed-forward LM reading
+  16 characters of width 32 through one 416-wide hidden layer (untied: 249,328). init_std is the embedding scale
+  (1.0 for the baselines, whose inputs nothing normalizes)."""
+  return h.zip([
       h.sweep("model.name", ["ffnn", "lstm", "gpt"]),
       h.sweep("model.num_layers", [1, 2, 3]),
-      h.sweep("model.d_model", [64, 192, 128]),
-      h.sweep("model.mlp_dim", [544, 512, 512]),
+      h.sweep("model.d_model", [32, 122, 80]),
+      h.sweep("model.mlp_dim", [416, 320, 320]),
       h.sweep("model.tie_embeddings", [False, True, True]),
       h.sweep("model.init_std", [1.0, 1.0, 0.02]),
-      h.sweep("optim.learning_rate", [2e-3, 3e-3, 2e-3]),
-      h.sweep("optim.min_learning_rate", [2e-4, 3e-4, 2e-4]),
   ])
+
+
+# One factor-2 grid for every model, around the 2e-3 to 3e-3 of the earlier study.
+LEARNING_RATES = {"ffnn": [1.5e-3, 3e-3, 6e-3], "lstm": [1.5e-3, 3e-3, 6e-3], "gpt": [1.5e-3, 3e-3, 6e-3]}
+
+
+def get_hyper(h):
   ngrams = h.zip([h.sweep("model.name", ["ngram"] * 3), h.sweep("model.ngram_order", [3, 5, 7])])
-  return ngrams + neural
+  if h.arg == "tune":
+    models = architectures(h)
+    tuned = [p for m in models for p in h.tune([m], learning_rate=LEARNING_RATES[m["model.name"]])]
+    return h.product([tuned, h.seeds(1)])
+  if h.arg == "ngrams":  # counted in seconds, with nothing to tune or seed; also part of the final sweep
+    return ngrams
+  if h.arg == "final":
+    neural = [p for p in h.selected() if p["model.name"] != "ngram"]  # selection.json lists the n-grams too
+    return h.product([neural, h.seeds(3)]) + ngrams
+  raise ValueError("give the phase: --config=experiments/transformer_vs_rnn/config.py:tune (or :ngrams, :final)")

@@ -102,7 +102,7 @@ class LocalSplit(Split):
 
   def __init__(self, corpus: local_text.LocalCorpus, split: str, source: str):
     self.corpus, self.split, self.source = corpus, split, source
-    self.fingerprint = f"{source}-{corpus.name}-{_safe(split)}"
+    self.fingerprint = f"{source}-{corpus.name}-{split_key(split)}"
 
   def ranges(self) -> list[tuple[str, int, int]]:
     """(base split, first, end) document ranges of the split spec, by TFDS's slicing rules ('train[:90%]')."""
@@ -254,6 +254,13 @@ def _base_split(split: str) -> str:
 
 def _safe(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def split_key(split: str) -> str:
+  """The split in a file name; slices that sanitize alike ('validation[:50%]', 'validation[50%:]') get a digest of
+  the exact text, so their token caches never collide."""
+  safe = _safe(split)
+  return safe if safe == split else f"{safe}-{hashlib.sha256(split.encode()).hexdigest()[:8]}"
 
 
 # --- what tasks call -------------------------------------------------------------------------------------------------

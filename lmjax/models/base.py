@@ -15,18 +15,40 @@ do, so that tasks, decoding and validation ask the family instead of testing nam
   classifies   has a sequence classifier on its pretrained body (`sequence_classifier`, `pretrained_subtrees`).
   returns_hidden  can return its final hidden states and output weights instead of logits (`return_hidden=True`),
                so losses over the vocabulary run a chunk of tokens at a time (train.loss_chunk_tokens).
+
+Each family also counts its own training compute (`flops_per_token`, `flops_per_pair`): FLOPs of one forward and
+backward pass, 6 per parameter that multiplies a token (2 forward, 4 backward) plus what attention adds, the
+convention of nanoGPT and PaLM (appendix B). lmjax.report puts runs on a compute axis with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import math
+from typing import Any, ClassVar, Iterable, Mapping
 
 import ml_collections
 
 from lmjax import config as config_lib
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def multiplying_params(params: Mapping[str, Any], lookups: Iterable[tuple[str, ...]] = ()) -> int:
+  """Parameters that multiply the tokens: every leaf of `params` (arrays or ShapeDtypeStructs) except the lookup
+  tables at the paths in `lookups` (an embedding row is read, not multiplied); paths the tree lacks are skipped."""
+  def size(tree: Any) -> int:
+    if isinstance(tree, Mapping):
+      return sum(size(v) for v in tree.values())
+    return math.prod(tree.shape)
+  total = size(params)
+  for path in lookups:
+    node: Any = params
+    for key in path:
+      node = node.get(key) if isinstance(node, Mapping) else None
+    if node is not None:
+      total -= size(node)
+  return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +148,17 @@ class ModelConfig:
     (the rest, a task head, starts fresh)."""
     del params
     return {}
+  # --- training compute -------------------------------------------------------------------------------------------
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """Training FLOPs (forward and backward) per token, trained in windows of seq_len tokens; `params` is the
+    parameter tree (arrays or shapes). None: this family does not count them (the default), and reports leave its
+    compute columns empty."""
+    del params, seq_len
+    return None
+
+  def flops_per_pair(self, params: Any, source_len: int, target_len: int) -> float | None:
+    """Training FLOPs of one (source, target) pair padded to these lengths, for sequence-to-sequence families;
+    None (the default) for the others."""
+    del params, source_len, target_len
+    return None

@@ -160,3 +160,8 @@ class BertConfig(TransformerConfig):
   @classmethod
   def pretrained_subtrees(cls, params: dict[str, Any]) -> dict[str, Any]:
     return {name: params[name] for name in ("encoder", "pooler") if name in params}
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """Not counted: the pretraining heads run on a task-dependent subset of positions (the masked ones, the
+    [CLS] vector), so a per-token count would depend on the task, not the family."""
+    del params, seq_len
+    return None

@@ -30,6 +30,7 @@ from flax import linen as nn
 from lmjax import config as config_lib
 from lmjax.models import logit_mask
 from lmjax.models.attention import KVCache, attention_mask
+from lmjax.models.base import multiplying_params
 from lmjax.models.layers import Projection, classifier_head, dtype_of, normal_init
 from lmjax.models.stack import StackNames, TransformerConfig, TransformerStack, empty_cache
 from lmjax.models.vocab_head import Hidden, VocabHead
@@ -216,3 +217,27 @@ class EncoderDecoderConfig(TransformerConfig):
     if "source_embed" in params:
       encoder["target_embed"] = params["source_embed"]
     return {"encoder": encoder}
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """Not defined for two sequences of different lengths: see flops_per_pair."""
+    del params, seq_len
+    return None
+
+  def flops_per_pair(self, params: Any, source_len: int, target_len: int) -> float | None:
+    """The decoder-only count (6 N + 12 L D T, see TransformerConfig.flops_per_token) for each side: the encoder
+    layers multiply the S source tokens, so do the cross-attention key/value projections (they read the encoder
+    output), and the rest of the decoder and the output layer multiply the T target tokens. Attention adds
+    12 D S^2 per encoder layer, 12 D T^2 per decoder layer and 12 D T S per cross-attention. Embedding and position
+    tables are lookups; a tied target table is the output layer."""
+    S, T, D = source_len, target_len, self.d_model
+    layers = lambda names: [params[names.layer.format(i)] for i in range(len(params))
+                            if names.layer.format(i) in params]
+    encoder = sum(multiplying_params(layer) for layer in layers(ENCODER_NAMES))
+    encoder += multiplying_params(params.get(ENCODER_NAMES.final_norm, {}))
+    decoder_layers = layers(DECODER_NAMES)
+    cross_kv = sum(multiplying_params(layer.get("cross_attn", {}).get("kv", {})) for layer in decoder_layers)
+    decoder = sum(multiplying_params(layer) for layer in decoder_layers) - cross_kv
+    decoder += multiplying_params(params.get(DECODER_NAMES.final_norm, {}))
+    head = multiplying_params(params["target_embed"] if self.tie_embeddings else params["lm_head"])
+    matmuls = 6.0 * ((encoder + cross_kv) * S + (decoder + head) * T)
+    attention = 12.0 * D * (self.num_layers * S * S + self.decoder_layers * (T * T + T * S))
+    return matmuls + attention

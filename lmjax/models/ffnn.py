@@ -21,7 +21,7 @@ import ml_collections
 from flax import linen as nn
 
 from lmjax import config as config_lib
-from lmjax.models.base import ModelConfig
+from lmjax.models.base import ModelConfig, multiplying_params
 from lmjax.models.layers import ACTIVATIONS, GATED_ACTIVATIONS, dtype_of, normal_init, zeros_init
 from lmjax.registry import MODELS
 
@@ -111,6 +111,12 @@ class FfnnConfig(ModelConfig):
   @classmethod
   def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
     config_lib.at_least(cfg, "model.ffnn_context", 1)
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """6 N: every hidden and output weight multiplies each position once, whatever the window (seq_len) is; the
+    embedding table is a lookup, unless tied, when it is also the output layer's matmul and counts once."""
+    del seq_len
+    return 6.0 * multiplying_params(params, () if self.tie_embeddings else (("embed", "embedding"),))
 
   @classmethod
   def validate(cls, cfg: ml_collections.ConfigDict) -> None:

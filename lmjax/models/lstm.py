@@ -20,7 +20,7 @@ import ml_collections
 from flax import linen as nn
 
 from lmjax import config as config_lib
-from lmjax.models.base import ModelConfig
+from lmjax.models.base import ModelConfig, multiplying_params
 from lmjax.models.layers import dtype_of, normal_init
 from lmjax.registry import MODELS
 
@@ -118,3 +118,10 @@ class LstmConfig(ModelConfig):
     super().validate(cfg)
     for field in ("num_layers", "d_model"):
       config_lib.at_least(cfg, f"model.{field}", 1)
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """6 N: each step multiplies its input and its recurrent state by the layer's two kernels, and the output layer
+    once, so every weight is used once per token and the window length (seq_len) adds nothing; the embedding table
+    is a lookup, unless tied, when it is also the output layer's matmul and counts once."""
+    del seq_len
+    return 6.0 * multiplying_params(params, () if self.tie_embeddings else (("embed", "embedding"),))

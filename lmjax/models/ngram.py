@@ -246,9 +246,10 @@ class KneserNeyLm:
     self.cfg = cfg
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, train_tokens: pipeline.TokenizedSplit,
-          eval_tokens: pipeline.TokenizedSplit) -> FitResult:
-    """Fits on the training split and scores the validation windows the trainer would score, and the same number
-    of leading training windows (how much of the fit is memorization); samples like the trainer's sampler."""
+          eval_tokens: pipeline.TokenizedSplit, test_tokens: pipeline.TokenizedSplit | None = None) -> FitResult:
+    """Fits on the training split and scores the validation windows the trainer would score (and the test
+    split's, when there is one), and the same number of leading training windows (how much of the fit is
+    memorization); samples like the trainer's sampler."""
     t, d = config.train, config.data
     start = time.perf_counter()
     model = fit(train_tokens.tokens, train_tokens.doc_starts, tokenizer.vocab_size, self.cfg.ngram_order)
@@ -262,6 +263,10 @@ class KneserNeyLm:
     lengths = tokenizer.token_byte_lengths(), tokenizer.token_char_lengths()
     metrics = {"train": metrics_lib.language_model_summary(score(model, train_batches, *lengths)),
                "eval": metrics_lib.language_model_summary(score(model, eval_batches, *lengths))}
+    if test_tokens is not None:
+      test_batches = pipeline.make_eval_batches(test_tokens, d.seq_len, batch_size,
+                                                max_batches=t.eval_batches or None)
+      metrics["test"] = metrics_lib.language_model_summary(score(model, test_batches, *lengths))
     return FitResult(metrics, self._samples(config, tokenizer, model))
 
   @staticmethod
@@ -288,3 +293,9 @@ class NgramConfig(ModelConfig):
   @classmethod
   def validate_fields(cls, cfg: ml_collections.ConfigDict) -> None:
     config_lib.at_least(cfg, "model.ngram_order", 1)
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """None: the model is counted, not trained; its fit is integer sorting and counting in one pass, with no
+    multiply-adds to put on a FLOPs axis (reports draw it as a level, not a curve)."""
+    del params, seq_len
+    return None

@@ -29,7 +29,7 @@ from flax import linen as nn
 from lmjax import config as config_lib
 from lmjax.models.attention import CrossAttention, KVCache, MultiHeadAttention, attention_mask
 from lmjax.models import logit_mask
-from lmjax.models.base import ModelConfig
+from lmjax.models.base import ModelConfig, multiplying_params
 from lmjax.models.layers import ACTIVATIONS, GATED_ACTIVATIONS, NORMS, Mlp, Norm
 from lmjax.models.positions import PositionSettings, Rotation
 from lmjax.models.kernels import Needs
@@ -172,6 +172,19 @@ class TransformerConfig(ModelConfig):
 
   def context_limit(self) -> int | None:
     return POSITIONS.get(self.position.kind).max_length(self)
+
+  def lookup_tables(self) -> tuple[tuple[str, ...], ...]:
+    """Paths of the parameter tables that are read, not multiplied: the position encoding's own parameters (a
+    learned table, T5's bias buckets) and, when the output layer has its own weights, the input token table. A
+    tied token table is the output layer's matmul and counts once."""
+    tables = ((POSITIONS.get(self.position.kind).subtree,),)
+    return tables if self.tie_embeddings else (*tables, ("embed", "embedding"))
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float | None:
+    """6 N + 12 num_layers d_model seq_len (nanoGPT, PaLM appendix B): N counts the parameters that multiply every
+    token (all but `lookup_tables`); the second term is the attention scores and their weighted sum, forward and
+    backward, over the whole seq_len x seq_len square (no discount for a causal mask)."""
+    return 6.0 * multiplying_params(params, self.lookup_tables()) + 12.0 * self.num_layers * self.d_model * seq_len
 
 
 class AttentionInputs(NamedTuple):

@@ -122,7 +122,10 @@ class Task(abc.ABC):
   chunked_loss: ClassVar[bool] = False  # whether train.loss_chunk_tokens applies (its loss reads a vocabulary head)
   mixes_sources: ClassVar[bool] = False  # whether it trains on a weighted data.mixture (eval/<source> per source)
   supports_lora: ClassVar[bool] = False  # whether finetune.lora trains low-rank adapters on its model instead
+  scores_test_split: ClassVar[bool] = False  # whether data.test_split applies (scored as split 'test')
   sections: ClassVar[tuple[str, ...]] = ()  # the registered config sections it reads (lmjax.config.reads)
+  # What the "loss" metric is a mean of, as loss plots and reports label it; each task states its own.
+  loss_unit: ClassVar[str] = "nats per token"
 
   # --- the config -------------------------------------------------------------------------------------------------
 
@@ -194,6 +197,13 @@ class Task(abc.ABC):
     """A fresh run's parameters before the first step; unchanged by default."""
     del frozen
     return params
+
+  def train_flops(self, params: Any, batch_size: int) -> float | None:
+    """Training FLOPs of one step of `batch_size` rows, from the model family's count for this task's shapes
+    (ModelConfig.flops_per_token / flops_per_pair); None (the default): not counted, and reports leave the run's
+    compute columns empty."""
+    del params, batch_size
+    return None
 
   # --- the steps ----------------------------------------------------------------------------------------------------
 

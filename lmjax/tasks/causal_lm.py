@@ -18,7 +18,7 @@ from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
 from lmjax.models import lora, model_config
-from lmjax.models.base import FitResult
+from lmjax.models.base import FitResult, ModelConfig
 from lmjax.models.vocab_head import token_stats
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
@@ -29,10 +29,12 @@ BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.in
 
 @dataclasses.dataclass(frozen=True)
 class LmData(TaskData):
-  """The tokenized train and eval splits: windows of data.seq_len tokens (lmjax.data.pipeline)."""
+  """The tokenized train and eval splits: windows of data.seq_len tokens (lmjax.data.pipeline); with
+  data.test_split, a test split too."""
   config: ml_collections.ConfigDict
   train_tokens: pipeline.TokenizedSplit
   eval_tokens: pipeline.TokenizedSplit
+  test_tokens: pipeline.TokenizedSplit | None = None
 
   @property
   def summary(self) -> str:
@@ -45,15 +47,18 @@ class LmData(TaskData):
                                        sampling=d.sampling)
 
   def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
-    """'eval' at data.seq_len, plus 'eval_lenN' for each train.extra_eval_seq_lens (length extrapolation)."""
+    """'eval' at data.seq_len, plus 'eval_lenN' for each train.extra_eval_seq_lens (length extrapolation), and
+    'test' (at data.seq_len) with data.test_split."""
     t = self.config.train
-    def at(seq_len: int) -> list[Batch]:
-      return pipeline.make_eval_batches(self.eval_tokens, seq_len, t.eval_batch_size or t.batch_size,
+    def at(seq_len: int, tokens: pipeline.TokenizedSplit | None = None) -> list[Batch]:
+      return pipeline.make_eval_batches(tokens or self.eval_tokens, seq_len, t.eval_batch_size or t.batch_size,
                                         max_batches=t.eval_batches or None, process_index=process_index,
                                         process_count=process_count)
     sets = {"eval": at(self.config.data.seq_len)}
     for length in parse_lengths(t.extra_eval_seq_lens):
       sets[f"eval_len{length}"] = at(length)
+    if self.test_tokens is not None:
+      sets["test"] = at(self.config.data.seq_len, self.test_tokens)
     return sets
 
 
@@ -151,6 +156,7 @@ class CausalLmTask(Task):
   token_chars_V: jax.Array | None = None  # characters per token id, for bits per character
   fits: bool = False  # the model is fitted in one pass (model.fit) instead of trained
   loss_chunk: int = 0  # train.loss_chunk_tokens: 0, the whole logits at once (lmjax/models/vocab_head.py)
+  family_config: ModelConfig | None = None  # the model's frozen config, which counts its training FLOPs
 
   model_interface: ClassVar[str] = "next_token"
   accepts_fit_only: ClassVar[bool] = True
@@ -160,6 +166,7 @@ class CausalLmTask(Task):
   mixes_sources: ClassVar[bool] = True
   supports_lora: ClassVar[bool] = True
   sections: ClassVar[tuple[str, ...]] = ("finetune",)  # init_from (a decoder run to continue) and lora
+  scores_test_split: ClassVar[bool] = True
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
@@ -167,8 +174,9 @@ class CausalLmTask(Task):
     d = config.data
     if d.mixture.strip() or sources.streams(d):
       return prepare_mixed(config, tokenizer, data_dir)
+    test = pipeline.tokenize_split(d, d.test_split, tokenizer, data_dir) if d.test_split else None
     return LmData(config, pipeline.tokenize_split(d, d.train_split, tokenizer, data_dir),
-                  pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir))
+                  pipeline.tokenize_split(d, d.eval_split, tokenizer, data_dir), test)
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "CausalLmTask":
@@ -179,13 +187,21 @@ class CausalLmTask(Task):
       tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
       model = lora.adapt(model, lora.LoraSettings.from_config(config), (tokens,))
     return cls(model, config.data.seq_len, as_array(vocab.token_bytes_V), as_array(vocab.token_chars_V),
-               fits=cfg.fit_only, loss_chunk=config.train.loss_chunk_tokens)
+               fits=cfg.fit_only, loss_chunk=config.train.loss_chunk_tokens, family_config=cfg)
 
   def fit(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data: LmData) -> FitResult | None:
     if self.fits and not isinstance(data, LmData):
       raise DataError(f"model.name={config.model.name!r} is fitted on one cached source: set data.mixture='' and "
                       f"data.hf_streaming=False")
-    return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens) if self.fits else None
+    if not self.fits:
+      return None
+    return self.model.fit(config, tokenizer, data.train_tokens, data.eval_tokens, test_tokens=data.test_tokens)
+
+  def train_flops(self, params: Any, batch_size: int) -> float | None:
+    if self.family_config is None:
+      return None
+    per_token = self.family_config.flops_per_token(params, self.seq_len)
+    return None if per_token is None else per_token * batch_size * self.seq_len
 
   def init_args(self) -> tuple[jax.Array, ...]:
     return (jnp.zeros((1, self.seq_len), jnp.int32),)

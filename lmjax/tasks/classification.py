@@ -93,6 +93,7 @@ class ClassificationData(ExampleData):
 class ClassificationTask(EncoderTask):
   regression: bool = False
   kind: ClassVar[str] = "classification"
+  loss_unit: ClassVar[str] = "nats per example; squared error per example for a regression"
 
   @classmethod
   def trains(cls, family: Any) -> bool:

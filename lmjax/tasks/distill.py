@@ -211,6 +211,8 @@ class DistillTask(Task):
       cls.model_interface, cls.generates_text, cls.predicts = base.model_interface, base.generates_text, base.predicts
       cls.chunked_loss = base.chunked_loss
       cls.sections = (*base.sections, "distill")
+      # Eval records the base task's loss; the train loss is the distillation mix (distill.alpha).
+      cls.loss_unit = f"{base.loss_unit}; the train loss mixes it with the KL from the teacher"
 
   # --- the config -------------------------------------------------------------------------------------------------
 

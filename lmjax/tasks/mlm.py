@@ -145,6 +145,7 @@ class MlmTask(Task):
   sections: ClassVar[tuple[str, ...]] = ("mlm",)
   chunked_loss: ClassVar[bool] = True
   mixes_sources: ClassVar[bool] = True
+  loss_unit: ClassVar[str] = "nats per masked token, plus nats per pair with mlm.nsp"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer,

@@ -6,6 +6,15 @@ positions (an answer outside the window, or none, points at [CLS]). At eval the 
 question becomes its answer text, scored with the official SQuAD normalization (exact match and F1 as fractions; the
 SQuAD script prints them times 100). With unanswerable questions in the eval file (v2.0) a question is answered ""
 when its [CLS] score beats the best span.
+
+Two eval metrics measure different things and can disagree:
+  exact_match, f1         per question: the best valid span (start <= end, at most finetune.max_answer_words
+                          words) over all of the question's windows, as text, against the gold answers.
+  window_start_end_match  per window: the fraction of windows whose start argmax and end argmax (taken
+                          independently, with no start <= end constraint) both land on the window's gold
+                          positions, [CLS] for a window that does not hold the answer. A training diagnostic:
+                          the windows without the answer count too, and a question with several windows counts
+                          several times, so it is neither exact_match nor comparable to it.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ class QaData(ExampleData):
 @dataclasses.dataclass(frozen=True)
 class QaTask(EncoderTask):
   kind: ClassVar[str] = "qa"
+  loss_unit: ClassVar[str] = "nats per window, mean of the start and end cross-entropies"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> QaData:
@@ -99,11 +109,12 @@ class QaTask(EncoderTask):
   def eval_sums(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     nll_B, exact_B = self._per_window(params, batch, deterministic=True)
     w_B = row_weights(batch)
-    return {"loss": (nll_B * w_B).sum(), "span_exact": (exact_B * w_B).sum(), "windows": w_B.sum()}
+    return {"loss": (nll_B * w_B).sum(), "start_end_match": (exact_B * w_B).sum(), "windows": w_B.sum()}
 
   def summarize(self, sums: dict[str, float]) -> dict[str, float]:
     n = max(sums["windows"], 1.0)
-    return {"loss": sums["loss"] / n, "span_accuracy": sums["span_exact"] / n, "windows": sums["windows"]}
+    return {"loss": sums["loss"] / n, "window_start_end_match": sums["start_end_match"] / n,
+            "windows": sums["windows"]}
 
   def predict(self, params, batch, frozen: Any = None) -> dict[str, jax.Array]:
     start_BL, end_BL = self.apply(params, batch, deterministic=True)

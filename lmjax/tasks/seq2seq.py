@@ -31,6 +31,7 @@ from lmjax.data import parallel, sources
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.models import family, logit_mask, model_config
+from lmjax.models.base import ModelConfig
 from lmjax.models.vocab_head import token_stats
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
@@ -281,11 +282,13 @@ class Seq2seqTask(Task):
   # model.logit_mask's ids: rows with no probability, so smoothing spreads eps over the others (a share of eps on
   # a row whose log-probability is -1e9 would add ~1e8 to the loss).
   masked_ids: tuple[int, ...] = ()
+  family_config: ModelConfig | None = None  # the model's frozen config, which counts its training FLOPs
 
   model_interface: ClassVar[str] = "seq2seq"
   predicts: ClassVar[bool] = True
   sections: ClassVar[tuple[str, ...]] = ("seq2seq",)
   chunked_loss: ClassVar[bool] = True
+  loss_unit: ClassVar[str] = "nats per target token, label-smoothed"
 
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
@@ -305,9 +308,18 @@ class Seq2seqTask(Task):
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "Seq2seqTask":
     s = config.seq2seq
-    return cls(model_config(config, vocab.size).build(), s.source_max_len, s.target_max_len,
+    family_config = model_config(config, vocab.size)
+    return cls(family_config.build(), s.source_max_len, s.target_max_len,
                s.label_smoothing, s.beam_size, s.length_penalty, s.max_decode_len or s.target_max_len,
-               s.eval_decode_examples, config.train.loss_chunk_tokens, logit_mask.parse(config.model.logit_mask))
+               s.eval_decode_examples, config.train.loss_chunk_tokens, logit_mask.parse(config.model.logit_mask),
+               family_config=family_config)
+
+  def train_flops(self, params: Any, batch_size: int) -> float | None:
+    """Rows are padded (or packed) to source_max_len and target_max_len tokens, and every position is computed."""
+    if self.family_config is None:
+      return None
+    per_pair = self.family_config.flops_per_pair(params, self.source_len, self.target_len)
+    return None if per_pair is None else per_pair * batch_size
 
   def init_args(self) -> tuple[jax.Array, ...]:
     return jnp.zeros((1, self.source_len), jnp.int32), jnp.zeros((1, self.target_len), jnp.int32)

@@ -51,6 +51,7 @@ class TaggingData(ExampleData):
 @dataclasses.dataclass(frozen=True)
 class TaggingTask(EncoderTask):
   kind: ClassVar[str] = "tagging"
+  loss_unit: ClassVar[str] = "nats per tagged word (its first token)"
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> TaggingData:
