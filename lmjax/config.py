@@ -8,6 +8,7 @@ tree before anything is compiled and raises `ConfigError` with one line: the fie
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import ml_collections
@@ -62,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.document_split = "paragraph"
   c.data.validation_fraction = 0.1
   c.data.invalid_utf8 = "replace"
+  c.data.allow_binary = False  # accept files that look binary (NUL bytes, or mostly undecodable bytes) as text
   c.data.seq_len = 256
   c.data.shuffle_seed = 0
   c.data.sampling = "epochs"  # 'epochs': every window once per epoch; 'random': uniform random offsets (nanoGPT)
@@ -255,6 +257,15 @@ def _check_types(cfg: ml_collections.ConfigDict, ref: ml_collections.ConfigDict,
       continue
     if want is int and isinstance(value, bool) or not isinstance(value, want):
       _fail(field, value, f"expected {want.__name__}")
+    if want is float:
+      _check_finite(field, value)
+
+
+def _check_finite(field: str, value: float) -> None:
+  """Every float field passes through here: NaN or inf is never a setting, and would only surface as a diverged
+  run after compiling and writing."""
+  if not math.isfinite(value):
+    _fail(field, value, "must be a finite number, not NaN or inf")
 
 
 def _one_of(cfg, field: str, choices) -> None:
