@@ -28,7 +28,7 @@ from lmjax.preemption import Preempted, StopSignals
 from lmjax.state import abstract_train_state, count_params, create_train_state
 from lmjax.tasks import get_task
 from lmjax.tasks.base import TaskData
-from lmjax.workdir import check_and_record_config
+from lmjax.workdir import check_config, record_config
 
 
 def data_dir_of(config: ml_collections.ConfigDict, workdir: Path) -> Path:
@@ -178,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   task_class = get_task(config.task)
 
   def prepare():
-    check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
+    check_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
     if pretrained is not None:
       init_from.copy_tokenizer(pretrained, workdir)
     tokenizer = prepare_tokenizer(config, workdir)
@@ -188,6 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     check_prompt_fits(config, tokenizer)
   if config.model.name == "ngram":  # count-based: fitted in one pass over the data, no gradient steps
     from lmjax.models.ngram import fit_and_evaluate
+    record_config(config, workdir)  # the data are ready: the run starts for real
     return fit_and_evaluate(config, workdir, tokenizer, data.train_tokens, data.eval_tokens)
   progs = programs.build(config, tokenizer.vocab_size, token_bytes_V=tokenizer.token_byte_lengths(),
                          token_chars_V=tokenizer.token_char_lengths(), data=data)
@@ -231,6 +232,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
                    config.finetune.init_from, config.finetune.init_step or "latest")
     if hasattr(task, "initial_params"):  # a task's own start, e.g. a student's layers copied from its teacher
       state = state.replace(params=task.initial_params(state.params, progs.frozen))
+  record_config(config, workdir)  # restored or initialized: the run starts for real, so config.json records it
   step = int(state.step)
   num_params, first_row = count_params(state.params), True  # the size goes into the first train record
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
