@@ -60,18 +60,39 @@ def resolve_paths(paths: str) -> list[Path]:
   return nonempty
 
 
-def read_text(path: Path, invalid_utf8: str) -> str:
+# A file is taken for binary (an executable, an archive, UTF-16 text, ...) when it holds a NUL byte, which text
+# never does, or when at least this fraction of its characters cannot be decoded as UTF-8. Latin-1 or cp1252 text
+# read as UTF-8 stays far below it (a few accented letters per line); random bytes reach about one half.
+BINARY_UNDECODABLE_FRACTION = 0.25
+
+
+def looks_binary(raw: bytes, text: str) -> str | None:
+  """Why the bytes (and their UTF-8 decoding with replacement characters) look binary, or None for text."""
+  first_nul = raw.find(b"\0")
+  if first_nul >= 0:
+    return f"{raw.count(bytes(1)):,} NUL bytes, the first at byte offset {first_nul}"
+  undecodable = text.count("\ufffd")
+  if text and undecodable >= BINARY_UNDECODABLE_FRACTION * len(text):
+    return f"{undecodable / len(text):.0%} of its characters are not UTF-8"
+  return None
+
+
+def read_text(path: Path, invalid_utf8: str, allow_binary: bool = False) -> str:
   try:
     raw = path.read_bytes()
   except OSError as e:
     raise DataError(f"data.paths file {path} cannot be read ({e.strerror}); fix it or remove it from data.paths") from e
   try:
-    return raw.decode("utf-8")
+    text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     if invalid_utf8 == "fail":
       raise DataError(f"data.invalid_utf8='fail': {path} is not valid UTF-8 at byte offset {e.start}; "
                       f"fix the file or set data.invalid_utf8='replace'") from None
-    return raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8", errors="replace")
+  if not allow_binary and (why := looks_binary(raw, text)) is not None:
+    raise DataError(f"data.paths file {path} looks binary, not text ({why}); point data.paths at text files, or "
+                    f"set data.allow_binary=True to train on it anyway")
+  return text
 
 
 def split_into_documents(text: str, document_split: str) -> list[str]:
@@ -129,10 +150,11 @@ class LocalTextConfig(tfds.core.BuilderConfig):
   document_split: str = "paragraph"
   validation_fraction: float = 0.1
   invalid_utf8: str = "replace"
+  allow_binary: bool = False
 
 
 def make_config(files: Sequence[Path], document_split: str, validation_fraction: float,
-                invalid_utf8: str) -> LocalTextConfig:
+                invalid_utf8: str, allow_binary: bool = False) -> LocalTextConfig:
   if document_split not in DOCUMENT_SPLITS:
     raise DataError(f"data.document_split={document_split!r} is unknown; use one of {DOCUMENT_SPLITS}")
   if invalid_utf8 not in INVALID_UTF8:
@@ -140,11 +162,12 @@ def make_config(files: Sequence[Path], document_split: str, validation_fraction:
   if not 0 < validation_fraction < 1:
     raise DataError(f"data.validation_fraction={validation_fraction!r} must be strictly between 0 and 1")
   stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-  key = json.dumps([stats, document_split, float(validation_fraction), invalid_utf8])
+  # allow_binary joins the key only when set, so datasets prepared before the setting existed keep their names.
+  key = json.dumps([stats, document_split, float(validation_fraction), invalid_utf8, *(["binary"] * allow_binary)])
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return LocalTextConfig(name=f"{document_split}_{digest}", files=tuple(s[0] for s in stats),
                          document_split=document_split, validation_fraction=float(validation_fraction),
-                         invalid_utf8=invalid_utf8,
+                         invalid_utf8=invalid_utf8, allow_binary=bool(allow_binary),
                          description=f"{len(files)} local files, split by {document_split}")
 
 
@@ -164,7 +187,7 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     docs: list[str] = []
     for f in cfg.files:  # read and decode everything first, so bad input fails before any example is written
-      docs += split_into_documents(read_text(Path(f), cfg.invalid_utf8), cfg.document_split)
+      docs += split_into_documents(read_text(Path(f), cfg.invalid_utf8, cfg.allow_binary), cfg.document_split)
     if not docs:
       raise DataError(f"data.paths: the {len(cfg.files)} files hold no text with document_split="
                       f"{cfg.document_split!r}; point data.paths at non-blank text")
@@ -180,9 +203,9 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(files: Sequence[Path], data_dir: str | os.PathLike, *, document_split: str = "paragraph",
-            validation_fraction: float = 0.1, invalid_utf8: str = "replace") -> LocalText:
+            validation_fraction: float = 0.1, invalid_utf8: str = "replace", allow_binary: bool = False) -> LocalText:
   """Returns the prepared builder for these inputs, preparing it under data_dir/local_text/ on a cache miss."""
-  config = make_config(files, document_split, validation_fraction, invalid_utf8)
+  config = make_config(files, document_split, validation_fraction, invalid_utf8, allow_binary)
   builder = LocalText(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
   if not builder.is_prepared():
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))

@@ -66,7 +66,8 @@ def _local_builder(data_cfg: ml_collections.ConfigDict, data_dir: Path) -> local
   else:
     files = local_text.resolve_paths(data_cfg.paths)
   return local_text.prepare(files, data_dir, document_split=data_cfg.document_split,
-                            validation_fraction=data_cfg.validation_fraction, invalid_utf8=data_cfg.invalid_utf8)
+                            validation_fraction=data_cfg.validation_fraction, invalid_utf8=data_cfg.invalid_utf8,
+                            allow_binary=data_cfg.get("allow_binary", False))
 
 
 def _base_split(split: str) -> str:
