@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -51,6 +52,9 @@ def check_flags() -> None:
   for flag, low in ((_NUM_SAMPLES, 1), (_MAX_NEW, 1), (_TOP_K, 0), (_BEAM_SIZE, 0), (_BATCH_SIZE, 1)):
     if flag.value < low:
       fail(f"--{flag.name}={flag.value} must be >= {low}")
+  for flag in (_TEMPERATURE, _TOP_P, _LENGTH_PENALTY):  # NaN passes every comparison below, inf some
+    if not math.isfinite(flag.value):
+      fail(f"--{flag.name}={flag.value} must be a finite number")
   if _TEMPERATURE.value < 0:
     fail(f"--temperature={_TEMPERATURE.value} must be >= 0 (0 is greedy)")
   if not 0.0 < _TOP_P.value <= 1.0:
@@ -75,6 +79,23 @@ def read_prompts() -> list[str]:
       fail(f"--input={_INPUT.value} holds no prompts (one per line)")
     return prompts
   return list(_PROMPT.value) or [""]
+
+
+def unknown_characters(tokenizer: Any, text: str) -> list[str]:
+  """The distinct characters of text that the tokenizer turns into <unk>, in order of appearance."""
+  from lmjax.data.tokenizers import UNK_ID  # pylint: disable=import-outside-toplevel
+  if UNK_ID not in tokenizer.encode(text):
+    return []
+  return [c for c in dict.fromkeys(text) if UNK_ID in tokenizer.encode(c)]
+
+
+def warn_unknown_characters(tokenizer: Any, prompts: list[str]) -> None:
+  """One warning line per prompt with characters the run's tokenizer lacks: the model sees <unk> there."""
+  for n, prompt in enumerate(prompts):
+    if unknown := unknown_characters(tokenizer, prompt):
+      listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+      print(f"warning: prompt {n + 1} has {len(unknown)} characters the {tokenizer.kind} tokenizer does not know, "
+            f"which the model sees as <unk>: {listed}", file=sys.stderr)
 
 
 def translation_settings(config: Any, s: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +257,7 @@ def main(argv: list[str]) -> None:
   from lmjax import writers
   writers.quiet_library_logs()
   config, tokenizer, model = load_run(workdir)
+  warn_unknown_characters(tokenizer, prompts)
   params, step = load_params(workdir, _STEP.value)
   s = settings()
   if config.model.name == "encdec":
