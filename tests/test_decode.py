@@ -236,7 +236,9 @@ def test_top_k_samples_only_the_k_most_likely():
   assert set(got.tolist()) == {1, 3, 5}
 
 
-@pytest.mark.parametrize("top_p", [0.3, 0.5, 0.8, 0.99])
+# Not 0.3 or 0.99: there the nucleus ends exactly on a sum of these probabilities, and which side of it the float
+# sum lands on is rounding (it differs between eager and jitted code, and from torch).
+@pytest.mark.parametrize("top_p", [0.29, 0.5, 0.8, 0.98])
 def test_top_p_samples_only_the_nucleus(top_p):
   allowed = nucleus(np.exp(LOGITS), top_p)
   got = draw(LOGITS, top_p=top_p)
