@@ -33,6 +33,7 @@ What is never saved, and what is checked on the way back:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import gc
 import glob
@@ -134,7 +135,6 @@ class Checkpointer:
     # Orbax's abandoned writes would print a warning or a traceback each, now or at exit; the failure is reported
     # below in one line.
     warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
-    _quiet_closed_loop_callbacks()
     if ocp.multihost.process_index() == 0:
       for partial in glob.glob(f"{glob.escape(self._step_dir(failed))}.orbax-checkpoint-tmp*"):
         shutil.rmtree(partial, ignore_errors=True)
@@ -154,6 +154,8 @@ class Checkpointer:
     checking the files against the checksums recorded when they were saved (ChecksumError on a mismatch)."""
     if self._recorder is not None:
       verify_step(self._step_dir(step))
+    if abstract_state is not None:
+      check_shapes(os.path.join(self._step_dir(step), "state"), abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None and self._has_data(step):
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -250,6 +252,44 @@ class Checkpointer:
       if self._recorder is not None:
         self._recorder.close()
       self.manager.close()
+
+
+def _path_name(path) -> str:
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def check_shapes(state_dir: str | os.PathLike, abstract_state: Any) -> None:
+  """Compares the shapes and dtypes a saved state records with the state to restore it into, before reading any
+  array: a model changed under a checkpoint is then one clear line (ValueError), and no read is started that would
+  have to be abandoned half-way (which makes TensorStore print pages of tracebacks)."""
+  previous = std_logging.getLogger("absl").level
+  std_logging.getLogger("absl").setLevel(std_logging.ERROR)  # "metadata file does not exist" for a sub-item
+  try:
+    with ocp.StandardCheckpointer() as reader:
+      saved = reader.metadata(os.fspath(state_dir)).item_metadata
+  except Exception:  # pylint: disable=broad-except
+    return  # unreadable metadata: the restore itself says what is wrong
+  finally:
+    std_logging.getLogger("absl").setLevel(previous)
+  stored = {_path_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  wanted = {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  differ = [name for name in sorted(set(stored) & set(wanted), key=lambda n: (not n.startswith("params/"), n))
+            if tuple(getattr(stored[name], "shape", ())) != tuple(wanted[name].shape)
+            or np.dtype(getattr(stored[name], "dtype", wanted[name].dtype)) != np.dtype(wanted[name].dtype)]
+  if differ:
+    name = differ[0]
+    more = f" (and {len(differ) - 1} more arrays)" if len(differ) > 1 else ""
+    raise ValueError(f"{name} is saved with shape {tuple(stored[name].shape)} and dtype {np.dtype(stored[name].dtype)}, "
+                     f"but this run's model has shape {tuple(wanted[name].shape)} and dtype "
+                     f"{np.dtype(wanted[name].dtype)}{more}: the checkpoint was written by a different model")
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -444,24 +484,29 @@ _FILTER = _OrbaxFailureFilter()
 
 
 def _quiet_closed_loop_callbacks() -> None:
-  """After a failed save, TensorStore still completes the abandoned writes and calls back into their closed event
-  loops; each such call prints 'RuntimeError: Event loop is closed' with a traceback through sys.excepthook."""
-  previous = sys.excepthook
-  if getattr(previous, "lmjax_quiet", False):
+  """After a failed save or restore, Orbax has closed the event loop its reads and writes ran on, but TensorStore
+  still completes them on its own threads and calls back into that loop; each such call raises 'RuntimeError: Event
+  loop is closed' there and prints its traceback (dozens of them, for one failure that is reported anyway). Calls
+  into a loop that is already closed are dropped instead: there is nobody left to run them."""
+  loop_class = asyncio.base_events.BaseEventLoop
+  if getattr(loop_class.call_soon_threadsafe, "lmjax_quiet", False):
     return
+  original = loop_class.call_soon_threadsafe
 
-  def hook(kind, value, tb):
-    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-      previous(kind, value, tb)
+  def call_soon_threadsafe(self, callback, *args, **kwargs):
+    if self.is_closed():
+      return None
+    return original(self, callback, *args, **kwargs)
 
-  hook.lmjax_quiet = True
-  sys.excepthook = hook
+  call_soon_threadsafe.lmjax_quiet = True
+  loop_class.call_soon_threadsafe = call_soon_threadsafe
 
 
 def quiet_orbax_failure_logs() -> None:
   for handler in std_logging.getLogger().handlers + [logging.get_absl_handler()]:
     if _FILTER not in handler.filters:
       handler.addFilter(_FILTER)
+  _quiet_closed_loop_callbacks()
 
 
 def _collect_abandoned_reads() -> None:
@@ -480,7 +525,9 @@ def _collect_abandoned_reads() -> None:
 
   sys.unraisablehook = hook
   try:
-    gc.collect()
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+      gc.collect()
   finally:
     sys.unraisablehook = previous
 
