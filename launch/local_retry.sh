@@ -8,7 +8,7 @@
 #
 # Retried: a crash (exit status 1, or killed by a signal) and a preemption (75). Not retried, since they need a
 # person: bad input (2), divergence (3), a workdir in use by another run (4), an unusable workdir (5), a full disk
-# (6), checkpoints that do not restore (7).
+# (6), checkpoints that do not restore (7). RETRY_DELAY sets the seconds between attempts (default 5).
 set -euo pipefail
 
 retries=3
@@ -61,5 +61,5 @@ until "${cmd[@]}" 2>&1 | tee -a "$log"; do
     exit "$status"
   fi
   echo "exit status $status; restarting ($attempt/$retries) from the latest checkpoint in $workdir" >&2
-  sleep 5
+  sleep "${RETRY_DELAY:-5}"
 done

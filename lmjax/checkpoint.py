@@ -145,7 +145,8 @@ class Checkpointer:
       kept = []
     earlier = (f"the earlier checkpoints (steps {', '.join(map(str, kept))}) are complete and were kept" if kept
                else "no earlier checkpoint exists")
-    message = failures.disk_full_message(error, self.manager.directory, f"while saving the checkpoint of step {failed}")
+    doing = f"while saving the checkpoint of step {failed}" if failed >= 0 else "while saving a checkpoint"
+    message = failures.disk_full_message(error, self.manager.directory, doing)
     raise failures.DiskFullError(f"{message.split('; free space')[0]}; {earlier}: free space, then rerun the same "
                                  f"command") from error
 
@@ -240,18 +241,27 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      self._raise_save_failure(e, self._saving or -1)
+      self._raise_save_failure(e, -1 if self._saving is None else self._saving)
     self._saving = None
     if self._recorder is not None:
       self._recorder.wait()
 
   def close(self) -> None:
+    """Waits for the last save (raising its failure), then releases everything even when it failed."""
+    error = None
     try:
       self.wait()
-    finally:
-      if self._recorder is not None:
-        self._recorder.close()
+    except BaseException as e:  # pylint: disable=broad-except
+      error = e
+    if self._recorder is not None:
+      self._recorder.close()
+    try:
       self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if error is None:  # else it is the same failure again; the first report stands
+        self._raise_save_failure(e, -1)
+    if error is not None:
+      raise error
 
 
 def _path_name(path) -> str:

@@ -19,3 +19,9 @@ def single_device_env(**extra: str) -> dict[str, str]:
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip(),
               **extra)
+
+
+def pytest_configure(config):
+  # `make test` runs everything; `pytest -m "not slow"` skips the fault-injection runs that start lmjax processes.
+  config.addinivalue_line("markers", "slow: fault-injection tests that start real training processes (minutes in "
+                                     "all); deselect locally with -m 'not slow', CI runs them")
