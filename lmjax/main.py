@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from lmjax import cli
 from lmjax.cli import parse_flags
+from lmjax.failures import describe_failure
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:arg].",
                                           lock_config=True)
@@ -32,46 +33,6 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def describe_failure(error: BaseException) -> tuple[int, str]:
-  """(exit status, the line for stderr) of a failed run; (INTERNAL_ERROR_EXIT_CODE, "") when it is none of the
-  known kinds, which then ends with its traceback."""
-  if isinstance(error, preemption.Preempted):
-    return cli.PREEMPTED_EXIT_CODE, f"preempted: {error}"
-  if isinstance(error, preemption.Interrupted):
-    return cli.PREEMPTED_EXIT_CODE, f"stopped: {error}"
-  if isinstance(error, KeyboardInterrupt):
-    return 128 + 2, ("interrupted by a second Ctrl-C: stopped at once, without saving; rerun the same command to "
-                     "resume from the latest checkpoint")
-  # pylint: disable=import-outside-toplevel
-  from lmjax import failures, train
-  from lmjax.checkpoint import CheckpointError, NonFiniteStateError
-  from lmjax.config import ConfigError
-  from lmjax.data.local_text import DataError
-  from lmjax.hf.files import HfError
-  from lmjax.saved_run import RunError
-  from lmjax.workdir import WorkdirError
-  from lmjax.workdir_lock import WorkdirLocked
-  if isinstance(error, (train.NonFiniteError, NonFiniteStateError)):
-    return cli.DIVERGED_EXIT_CODE, f"error: {error}"
-  if isinstance(error, WorkdirLocked):
-    return cli.WORKDIR_LOCKED_EXIT_CODE, f"error: {error}"
-  if isinstance(error, failures.DiskFullError):
-    return cli.DISK_FULL_EXIT_CODE, f"error: {error}"
-  if isinstance(error, WorkdirError):
-    return cli.WORKDIR_UNUSABLE_EXIT_CODE, f"error: {error}"
-  if isinstance(error, CheckpointError):
-    return cli.NO_RESTORABLE_CHECKPOINT_EXIT_CODE, f"error: {error}"
-  if isinstance(error, (ConfigError, DataError, RunError, HfError)):
-    return cli.BAD_INPUT_EXIT_CODE, f"error: {error}"
-  if isinstance(error, Exception) and failures.is_out_of_space(error):
-    return cli.DISK_FULL_EXIT_CODE, f"error: {failures.disk_full_message(error, _WORKDIR.value or '.', 'while writing')}"
-  if isinstance(error, Exception) and failures.is_not_writable(error):
-    path = failures.failed_path(error) or _WORKDIR.value
-    return cli.WORKDIR_UNUSABLE_EXIT_CODE, (f"error: cannot write {path} ({' '.join(str(error).split())[:300]}); "
-                                            f"make it writable or give another --workdir")
-  return cli.INTERNAL_ERROR_EXIT_CODE, ""
 
 
 def _claim_workdir(workdir: str, process_index: int, process_count: int, lock, fresh) -> None:
@@ -149,7 +110,7 @@ def main(argv):
   except BaseException as e:  # pylint: disable=broad-except
     if isinstance(e, SystemExit):
       raise
-    status, line = describe_failure(e)
+    status, line = describe_failure(e, _WORKDIR.value)
     if status == cli.INTERNAL_ERROR_EXIT_CODE:
       raise
     print(line, file=sys.stderr)  # the one line; logging it as well would print it twice
