@@ -45,6 +45,10 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows (prompt x sample) dec
 flags.mark_flag_as_required("workdir")
 
 
+class PromptError(ValueError):
+  """A prompt (or source) that does not fit the model; the message names the limit."""
+
+
 def check_flags() -> None:
   """Every flag that can be checked without touching the workdir; one line per mistake."""
   if _PROMPT.value and _INPUT.value:
@@ -172,11 +176,14 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
   sources = [[*tokenizer.encode(p).tolist(), EOS_ID] for p in prompts] if translating else []
   S = max(map(len, sources), default=0)
   if translating and decoder.max_len is not None and S > decoder.max_len:
-    raise ValueError(f"a source of {S} tokens (with <eos>) exceeds model.max_len={decoder.max_len}, the size of the "
-                     f"learned position table; shorten it")
+    raise PromptError(f"a source of {S} tokens (with <eos>) exceeds model.max_len={decoder.max_len}, the size of the "
+                      f"learned position table; shorten it")
   encoded = [[BOS_ID] if translating else [BOS_ID, *tokenizer.encode(p).tolist()] for p in prompts]
   P = max(map(len, encoded))
-  decode.check_fits(decoder, P, s["max_new_tokens"])
+  try:
+    decode.check_fits(decoder, P, s["max_new_tokens"])
+  except ValueError as e:
+    raise PromptError(str(e)) from None
   beam = s["strategy"] == "beam"
   # Sampling repeats each prompt once per sample; beam search returns its best beams for each prompt once.
   rows = [(i, j) for i in range(len(prompts)) for j in range(1 if beam else num_samples)]
@@ -265,7 +272,7 @@ def main(argv: list[str]) -> None:
   start = time.perf_counter()
   try:
     results = generate_texts(model, params, tokenizer, prompts, s, _NUM_SAMPLES.value, _BATCH_SIZE.value)
-  except ValueError as e:  # e.g. prompt + max_new_tokens beyond a learned-position model's max_len
+  except PromptError as e:  # e.g. prompt + max_new_tokens beyond a learned-position model's max_len
     fail(str(e))
   seconds = time.perf_counter() - start
   for n, (prompt, samples) in enumerate(zip(prompts, results)):
