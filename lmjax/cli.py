@@ -123,6 +123,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad config file or --config override (e.g. a misspelt field) is one line, not a
   traceback."""
   config_args = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")]
+  config_args += [value for flag, value in zip(argv[1:], argv[2:]) if flag == "--config"]  # --config FILE
   for value in config_args:
     path, _ = _split_config_arg(value)
     if not os.path.isfile(path):
