@@ -297,7 +297,8 @@ def check_shapes(state_dir: str | os.PathLike, abstract_state: Any) -> None:
   if differ:
     name = differ[0]
     more = f" (and {len(differ) - 1} more arrays)" if len(differ) > 1 else ""
-    raise ValueError(f"{name} is saved with shape {tuple(stored[name].shape)} and dtype {np.dtype(stored[name].dtype)}, "
+    raise ValueError(f"{name} is saved with shape {tuple(stored[name].shape)} and dtype "
+                     f"{np.dtype(stored[name].dtype)}, "
                      f"but this run's model has shape {tuple(wanted[name].shape)} and dtype "
                      f"{np.dtype(wanted[name].dtype)}{more}: the checkpoint was written by a different model")
 

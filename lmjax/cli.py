@@ -87,7 +87,8 @@ def _raised_here(error: BaseException) -> bool:
 
 
 def _located(error: BaseException, path: str) -> str:
-  frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+  here = os.path.abspath(path)
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == here]
   where = f" at line {frames[-1].lineno}" if frames else ""
   return f"{type(error).__name__}{where}: {_one_line(error, 300)}"
 

@@ -47,7 +47,7 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path) -> Token
 
 
 class NonFiniteError(RuntimeError):
-  """Training diverged: too many consecutive steps had a non-finite loss or gradients."""
+  """Training diverged: too many consecutive steps had a non-finite loss, gradients or update."""
 
 
 def check_prompt_fits(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> None:
@@ -306,7 +306,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
         streak = int(state.nonfinite_streak)
         if streak >= t.max_nonfinite_steps:
           raise NonFiniteError(
-              f"stopped at step {step}: the loss or gradients were not finite for {streak} consecutive steps "
+              f"stopped at step {step}: the loss, gradients or updates were not finite for {streak} consecutive steps "
               f"(train.max_nonfinite_steps={t.max_nonfinite_steps}); those steps were skipped, so the checkpoints "
               f"are intact. Lower optim.learning_rate, raise optim.warmup_steps or check the data.")
 
