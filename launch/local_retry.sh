@@ -5,6 +5,10 @@
 #
 #   launch/local_retry.sh [--retries N] [--dry-run] CONFIG WORKDIR [lmjax flags...]
 #   launch/local_retry.sh --retries 5 configs/default.py runs/default --config.train.num_steps=10000
+#
+# Retried: a crash (exit status 1, or killed by a signal) and a preemption (75). Not retried, since they need a
+# person: bad input (2), divergence (3), a workdir in use by another run (4), an unusable workdir (5), a full disk
+# (6), checkpoints that do not restore (7). RETRY_DELAY sets the seconds between attempts (default 5).
 set -euo pipefail
 
 retries=3
@@ -13,7 +17,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --retries) retries="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -30,19 +34,32 @@ if [[ "$dry_run" == 1 ]]; then
   exit 0
 fi
 
-mkdir -p "$workdir"
+# The log lives in the workdir; when the workdir cannot be made, lmjax itself says why (exit status 5).
+log=/dev/null
+if mkdir -p "$workdir" 2>/dev/null && : >> "$workdir/train.log" 2>/dev/null; then
+  log="$workdir/train.log"
+fi
 attempt=0
-until "${cmd[@]}" 2>&1 | tee -a "$workdir/train.log"; do
+until "${cmd[@]}" 2>&1 | tee -a "$log"; do
   status=${PIPESTATUS[0]}
   case "$status" in
-    2) echo "bad input (exit status 2): fix the config or flags; not retrying" >&2; exit 2 ;;
-    3) echo "training diverged (exit status 3): see the error above; not retrying" >&2; exit 3 ;;
+    2) reason="bad input: fix the config, flags or data" ;;
+    3) reason="training diverged: see the error above" ;;
+    4) reason="the workdir is in use by another run" ;;
+    5) reason="the workdir cannot be used" ;;
+    6) reason="the disk is full: free space first" ;;
+    7) reason="no checkpoint restores" ;;
+    *) reason="" ;;
   esac
+  if [[ -n "$reason" ]]; then
+    echo "$reason (exit status $status); not retrying" >&2
+    exit "$status"
+  fi
   attempt=$((attempt + 1))
   if [[ "$attempt" -gt "$retries" ]]; then
     echo "giving up after $retries restarts (last exit status $status)" >&2
     exit "$status"
   fi
   echo "exit status $status; restarting ($attempt/$retries) from the latest checkpoint in $workdir" >&2
-  sleep 5
+  sleep "${RETRY_DELAY:-5}"
 done

@@ -7,6 +7,7 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: launch/tpu_pod.sh SUBCOMMAND [options] [-- lmjax flags...]
+       (options may also come before the subcommand: launch/tpu_pod.sh --dry-run run ...)
 
 subcommands:
   create   create the slice (needs --accelerator)
@@ -77,13 +78,7 @@ run_cmd() {
   fi
 }
 
-case "${1:-}" in
-  "") die "no subcommand; expected one of create, setup, run, logs, delete (see --help)" ;;
-  -h|--help) usage; exit 0 ;;
-  create|setup|run|logs|delete) subcommand="$1"; shift ;;
-  *) die "unknown subcommand '$1'; expected one of create, setup, run, logs, delete (see --help)" ;;
-esac
-
+subcommand=""
 name="${TPU_NAME:-}"
 zone="${ZONE:-}"
 project="${PROJECT:-}"
@@ -130,9 +125,19 @@ while [[ $# -gt 0 ]]; do
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; lmjax_args=("$@"); break ;;
-    *) die "unknown option '$1' for $subcommand; lmjax flags go after -- (see --help)" ;;
+    # Options may come before the subcommand as well as after it: `--dry-run run ...` and `run --dry-run ...`.
+    create|setup|run|logs|delete)
+      [[ -z "$subcommand" ]] || die "two subcommands, '$subcommand' and '$1'; give one (see --help)"
+      subcommand="$1"; shift ;;
+    -*) die "unknown option '$1'${subcommand:+ for $subcommand}; lmjax flags go after -- (see --help)" ;;
+    *)
+      if [[ -z "$subcommand" ]]; then
+        die "unknown subcommand '$1'; expected one of create, setup, run, logs, delete (see --help)"
+      fi
+      die "unexpected argument '$1' for $subcommand; lmjax flags go after -- (see --help)" ;;
   esac
 done
+[[ -n "$subcommand" ]] || die "no subcommand; expected one of create, setup, run, logs, delete (see --help)"
 
 [[ -n "$name" ]] || die "--name is required (or set TPU_NAME)"
 [[ -n "$zone" ]] || die "--zone is required (or set ZONE)"

@@ -16,50 +16,147 @@ What a crash (SIGKILL, preemption, power loss of the process) can and cannot lea
   step, the new step, or both.
 * A listed step can still be unreadable (a disk that lost data, a file damaged by hand, a process killed while
   deleting an old step). `Checkpointer.restore_latest` then falls back to the newest step that restores.
+
+What is never saved, and what is checked on the way back:
+
+* A state holding NaN or inf is not saved (`NonFiniteStateError`), and no regular checkpoint is taken while the
+  run is in a streak of skipped non-finite steps: it would hold the state from before the streak with those batches
+  gone. So `max_to_keep` never rotates a good checkpoint out in favour of a broken or hollow one.
+* Every file of a saved step is recorded with its size and SHA-256 in `lmjax_checksums.process_<i>.json` inside the
+  step directory (each process records the files it wrote), once the step is final: on a background thread, so an
+  async save stays async. A restore first checks every recorded file; a mismatch (one flipped byte is enough) is
+  damage like any other, and the previous step is tried. A step without the record (saved by an older lmjax, or
+  the process was killed between the commit and the record) restores unverified, with a log line.
+* Running out of disk space while saving is `lmjax.failures.DiskFullError`, one line naming the file and the free
+  space; the half-written step is removed (it was never listed) and the earlier steps are complete.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import gc
+import glob
+import hashlib
 import json
+import logging as std_logging
 import os
+import queue
+import re
+import shutil
 import sys
+import threading
 import time
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, Callable
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from lmjax import failures
+
+CHECKSUMS_PREFIX = "lmjax_checksums.process_"
+_PROCESS_FILE = re.compile(r"process_(\d+)")
 
 
 class CheckpointError(ValueError):
   """Checkpoints exist but none of them can be restored."""
 
 
+class ChecksumError(ValueError):
+  """A file of a saved step is not what was saved: missing, of another size, or with another SHA-256."""
+
+
+class NonFiniteStateError(RuntimeError):
+  """The state to be saved holds NaN or inf; it was not saved."""
+
+
 class Checkpointer:
-  def __init__(self, directory: str | os.PathLike, *, keep: int, every: int, async_save: bool = True):
+  def __init__(self, directory: str | os.PathLike, *, keep: int, every: int, async_save: bool = True,
+               checksums: bool = True):
     self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    self._recorder = _ChecksumRecorder(self.manager.is_saving_in_progress) if checksums else None
+    self._finite = jax.jit(_all_finite)
+    self._saving: int | None = None  # an async save in flight: its errors surface at the next save or wait
+    quiet_orbax_failure_logs()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_iterator: Any | None = None, *, force: bool = False) -> bool:
+    """Saves every `every` steps (any step with force), unless the state is mid-way through a streak of
+    skipped non-finite steps (regular saves only). Raises NonFiniteStateError rather than save NaN or inf, and
+    DiskFullError when the filesystem fills up."""
     if not force and step % self.every:
       return False
+    streak = int(getattr(state, "nonfinite_streak", 0))
+    if streak and not force:
+      logging.warning("Not saving the checkpoint of step %d: the last %d steps were skipped as not finite, so it "
+                      "would hold the state of step %d with their batches dropped; the next regular checkpoint "
+                      "after a finite step is saved as usual.", step, streak, step - streak)
+      return False
+    if not bool(self._finite(state)):
+      newest = self.manager.latest_step()
+      raise NonFiniteStateError(
+          f"the train state at step {step} holds NaN or inf values, so it was not saved; the checkpoints in "
+          f"{self.manager.directory} (newest: {'none' if newest is None else f'step {newest}'}) are untouched. Lower "
+          f"optim.learning_rate, raise optim.warmup_steps or check the data, then rerun to resume from them.")
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_failure(e, step)
+    self._saving = None
     if saved:
       logging.info("Saving checkpoint at step %d.", step)
+      if self.manager.is_saving_in_progress():
+        self._saving = step
+      if self._recorder is not None:
+        self._recorder.record(self._step_dir(step))
     return saved
 
+  def _raise_save_failure(self, error: Exception, step: int) -> None:
+    """Re-raises a failed save; one that ran out of disk space as DiskFullError, after removing its partial step
+    directory (never listed as a step, and only taking up room)."""
+    failed = self._saving if self._saving is not None else step
+    self._saving = None
+    _collect_abandoned_reads()
+    if not failures.is_out_of_space(error):
+      raise error
+    # Orbax's abandoned writes would print a warning or a traceback each, now or at exit; the failure is reported
+    # below in one line.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    if ocp.multihost.process_index() == 0:
+      for partial in glob.glob(f"{glob.escape(self._step_dir(failed))}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+      self.manager.reload()
+      kept = sorted(self.manager.all_steps())
+    except Exception:  # pylint: disable=broad-except
+      kept = []
+    earlier = (f"the earlier checkpoints (steps {', '.join(map(str, kept))}) are complete and were kept" if kept
+               else "no earlier checkpoint exists")
+    doing = f"while saving the checkpoint of step {failed}" if failed >= 0 else "while saving a checkpoint"
+    message = failures.disk_full_message(error, self.manager.directory, doing)
+    raise failures.DiskFullError(f"{message.split('; free space')[0]}; {earlier}: free space, then rerun the same "
+                                 f"command") from error
+
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-    """Restores `state` (shaped like abstract_state) and moves data_iterator to where it was at `step`."""
+    """Restores `state` (shaped like abstract_state) and moves data_iterator to where it was at `step`, after
+    checking the files against the checksums recorded when they were saved (ChecksumError on a mismatch)."""
+    if self._recorder is not None:
+      verify_step(self._step_dir(step))
+    if abstract_state is not None:
+      check_shapes(os.path.join(self._step_dir(step), "state"), abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None and self._has_data(step):
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -84,11 +181,13 @@ class Checkpointer:
       return None
     initial_data_state = data_iterator.get_state() if data_iterator is not None else None
     failed: list[int] = []
+    first_error = ""
     for step in steps:
       try:
         state = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except
         error = _one_line(e)
+        first_error = first_error or f"step {step}: {_one_line(e, 300)}"
         logging.warning("Could not restore checkpoint %s (%s); trying the previous checkpoint.",
                         self._step_dir(step), error)
         failed.append(step)
@@ -102,7 +201,8 @@ class Checkpointer:
       _collect_abandoned_reads()
     raise CheckpointError(
         f"None of the checkpoints in {self.manager.directory} (steps {', '.join(map(str, steps))}) can be restored "
-        f"(see the warnings above); delete that directory or point --workdir elsewhere to start afresh.")
+        f"({first_error}); if the config changed, undo the change; otherwise delete that directory or point "
+        f"--workdir elsewhere to start afresh.")
 
   def _has_data(self, step: int) -> bool:
     """Whether the step was saved with a data position. A state saved without one on purpose (an imported
@@ -137,11 +237,287 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Until the last save is committed and its checksums recorded."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_failure(e, -1 if self._saving is None else self._saving)
+    self._saving = None
+    if self._recorder is not None:
+      self._recorder.wait()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save (raising its failure), then releases everything even when it failed."""
+    error = None
+    try:
+      self.wait()
+    except BaseException as e:  # pylint: disable=broad-except
+      error = e
+    if self._recorder is not None:
+      self._recorder.close()
+    try:
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if error is None:  # else it is the same failure again; the first report stands
+        self._raise_save_failure(e, -1)
+    if error is not None:
+      raise error
+
+
+def _path_name(path) -> str:
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def check_shapes(state_dir: str | os.PathLike, abstract_state: Any) -> None:
+  """Compares the shapes and dtypes a saved state records with the state to restore it into, before reading any
+  array: a model changed under a checkpoint is then one clear line (ValueError), and no read is started that would
+  have to be abandoned half-way (which makes TensorStore print pages of tracebacks)."""
+  previous = std_logging.getLogger("absl").level
+  std_logging.getLogger("absl").setLevel(std_logging.ERROR)  # "metadata file does not exist" for a sub-item
+  try:
+    with ocp.StandardCheckpointer() as reader:
+      saved = reader.metadata(os.fspath(state_dir)).item_metadata
+  except Exception:  # pylint: disable=broad-except
+    return  # unreadable metadata: the restore itself says what is wrong
+  finally:
+    std_logging.getLogger("absl").setLevel(previous)
+  stored = {_path_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  wanted = {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  differ = [name for name in sorted(set(stored) & set(wanted), key=lambda n: (not n.startswith("params/"), n))
+            if tuple(getattr(stored[name], "shape", ())) != tuple(wanted[name].shape)
+            or np.dtype(getattr(stored[name], "dtype", wanted[name].dtype)) != np.dtype(wanted[name].dtype)]
+  if differ:
+    name = differ[0]
+    more = f" (and {len(differ) - 1} more arrays)" if len(differ) > 1 else ""
+    raise ValueError(f"{name} is saved with shape {tuple(stored[name].shape)} and dtype "
+                     f"{np.dtype(stored[name].dtype)}, "
+                     f"but this run's model has shape {tuple(wanted[name].shape)} and dtype "
+                     f"{np.dtype(wanted[name].dtype)}{more}: the checkpoint was written by a different model")
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  from lmjax.step import all_finite  # pylint: disable=import-outside-toplevel
+  return all_finite(tree)
+
+
+# --- checksums of the saved files ----------------------------------------------------------------------------
+
+def _owner(relative_path: str) -> int:
+  """The process that wrote a file of a step: the one its path names (ocdbt.process_1/..., process_1-of-2.json,
+  array_metadatas/process_1), else process 0, which writes the shared metadata."""
+  m = _PROCESS_FILE.search(relative_path)
+  return int(m[1]) if m else 0
+
+
+def _step_files(step_dir: Path) -> list[str]:
+  files = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      if not name.startswith(CHECKSUMS_PREFIX):
+        files.append(os.path.relpath(os.path.join(root, name), step_dir))
+  return sorted(files)
+
+
+def _sha256(path: str) -> tuple[int, str]:
+  digest, size = hashlib.sha256(), 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 23):  # hashlib releases the GIL on large chunks: files hash in parallel
+      digest.update(chunk)
+      size += len(chunk)
+  return size, digest.hexdigest()
+
+
+def _hash_all(step_dir: Path, relative_paths: list[str]) -> dict[str, tuple[int, str] | None]:
+  """(size, sha256) of each file; None for a file that is not there."""
+  def one(rel):
+    try:
+      return _sha256(os.path.join(step_dir, rel))
+    except FileNotFoundError:
+      return None
+  workers = max(1, min(8, os.cpu_count() or 1, len(relative_paths)))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return dict(zip(relative_paths, pool.map(one, relative_paths)))
+
+
+def record_checksums(step_dir: str | os.PathLike, process_index: int | None = None,
+                     process_count: int | None = None) -> Path:
+  """Writes lmjax_checksums.process_<i>.json into a final step directory: size and SHA-256 of every file this
+  process wrote there. Written to a temporary name and renamed, so a record is whole or absent."""
+  step_dir = Path(step_dir)
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  mine = [rel for rel in _step_files(step_dir) if _owner(rel) % count == index]
+  hashed = _hash_all(step_dir, mine)
+  record = {"algorithm": "sha256", "process_index": index, "process_count": count,
+            "files": {rel: {"bytes": h[0], "sha256": h[1]} for rel, h in hashed.items() if h is not None}}
+  path = step_dir / f"{CHECKSUMS_PREFIX}{index}.json"
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def _agree(problem: str) -> str:
+  """Across processes: the first problem any of them found, so that all fall back together or none does."""
+  if jax.process_count() == 1:
+    return problem
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  found = multihost_utils.process_allgather(np.asarray(bool(problem), np.int32))
+  if not np.asarray(found).any():
+    return ""
+  return problem or f"checksum mismatch found by process {int(np.argmax(np.asarray(found)))}"
+
+
+def verify_step(step_dir: str | os.PathLike) -> bool:
+  """Checks the files of a saved step against its recorded checksums; every process checks its share.
+
+  Returns False when the step has no record (it is then unverified), True when every recorded file matches, and
+  raises ChecksumError naming the first file that does not.
+  """
+  step_dir = Path(step_dir)
+  records = sorted(step_dir.glob(f"{CHECKSUMS_PREFIX}*.json"))
+  expected: dict[str, dict] = {}
+  problem, saved_by = "", 0
+  for path in records:
+    try:
+      record = json.loads(path.read_text())
+      expected.update(record["files"])
+      saved_by = max(saved_by, int(record["process_count"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      problem = problem or f"{path} is damaged ({type(e).__name__})"
+  index, count = jax.process_index(), jax.process_count()
+  share = sorted(expected)[index::count]
+  if not problem:
+    actual = _hash_all(step_dir, share)
+    bad = [rel for rel in share
+           if actual[rel] is None or actual[rel] != (expected[rel]["bytes"], expected[rel]["sha256"])]
+    if bad:
+      rel = bad[0]
+      what = ("is missing" if actual[rel] is None else
+              f"has {actual[rel][0]} bytes instead of {expected[rel]['bytes']}" if actual[rel][0] !=
+              expected[rel]["bytes"] else "does not match its recorded SHA-256")
+      more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
+      problem = f"checksum mismatch: {step_dir / rel} {what}{more}; it changed after it was saved"
+  problem = _agree(problem)
+  if problem:
+    raise ChecksumError(problem)
+  if not records:
+    logging.info("Checkpoint %s has no recorded checksums (saved before lmjax recorded them, or stopped before it "
+                 "could); restoring it unverified.", step_dir)
+    return False
+  if len(records) < saved_by:
+    logging.warning("Checkpoint %s has checksums from %d of the %d processes that saved it; the files of the others "
+                    "are restored unverified.", step_dir, len(records), saved_by)
+  return True
+
+
+class _ChecksumRecorder:
+  """Records each saved step's checksums on one background thread, once the step is final (its
+  commit_success.txt exists: Orbax writes it last, then renames the temporary directory into place)."""
+
+  def __init__(self, saving: Callable[[], bool]):
+    self._saving = saving  # whether a save is still being written; once not, a step without its marker never gets it
+    self._queue: queue.Queue = queue.Queue()
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def record(self, step_dir: str) -> None:
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._run, name="lmjax_checksums", daemon=True)
+      self._thread.start()
+    self._queue.put(step_dir)
+
+  def _run(self) -> None:
+    while True:
+      step_dir = self._queue.get()
+      try:
+        if step_dir is None:
+          return
+        marker = os.path.join(step_dir, "commit_success.txt")
+        while not os.path.exists(marker) and self._saving() and not self._stop.is_set():
+          time.sleep(0.02)
+        if os.path.exists(marker):  # else the save failed, or max_to_keep deleted the step already
+          record_checksums(step_dir)
+      except FileNotFoundError:
+        pass  # the step was deleted meanwhile (max_to_keep)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Could not record the checksums of %s (%s); it will restore unverified.", step_dir,
+                        _one_line(e))
+      finally:
+        self._queue.task_done()
+
+  def wait(self) -> None:
+    if self._thread is not None:
+      self._queue.join()
+
+  def close(self) -> None:
+    """Stops the thread; a step that never became final (its save failed) is not waited for."""
+    if self._thread is not None:
+      self._stop.set()
+      self._queue.put(None)
+      self._thread.join()
+      self._thread = None
+
+
+# --- one line instead of pages ---------------------------------------------------------------------------------
+
+def _from_orbax(error: BaseException | None) -> bool:
+  tb = getattr(error, "__traceback__", None)
+  while tb is not None:
+    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return error is not None and "TensorStore" in str(error)
+
+
+class _OrbaxFailureFilter(std_logging.Filter):
+  """Drops the tracebacks Orbax logs (and the un-awaited futures asyncio reports) when a save or restore fails:
+  the failure reaches lmjax as an exception and is reported there in one line. Shown again with --verbosity=1."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno < std_logging.ERROR or std_logging.getLogger("absl").isEnabledFor(std_logging.DEBUG):
+      return True
+    if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
+      error = record.exc_info[1] if record.exc_info else None
+      return not (_from_orbax(error) or "orbax" in record.getMessage())
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_FILTER = _OrbaxFailureFilter()
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """After a failed save or restore, Orbax has closed the event loop its reads and writes ran on, but TensorStore
+  still completes them on its own threads and calls back into that loop; each such call raises 'RuntimeError: Event
+  loop is closed' there and prints its traceback (dozens of them, for one failure that is reported anyway). Calls
+  into a loop that is already closed are dropped instead: there is nobody left to run them."""
+  loop_class = asyncio.base_events.BaseEventLoop
+  if getattr(loop_class.call_soon_threadsafe, "lmjax_quiet", False):
+    return
+  original = loop_class.call_soon_threadsafe
+
+  def call_soon_threadsafe(self, callback, *args, **kwargs):
+    if self.is_closed():
+      return None
+    return original(self, callback, *args, **kwargs)
+
+  call_soon_threadsafe.lmjax_quiet = True
+  loop_class.call_soon_threadsafe = call_soon_threadsafe
+
+
+def quiet_orbax_failure_logs() -> None:
+  for handler in std_logging.getLogger().handlers + [logging.get_absl_handler()]:
+    if _FILTER not in handler.filters:
+      handler.addFilter(_FILTER)
+  _quiet_closed_loop_callbacks()
 
 
 def _collect_abandoned_reads() -> None:
@@ -160,7 +536,9 @@ def _collect_abandoned_reads() -> None:
 
   sys.unraisablehook = hook
   try:
-    gc.collect()
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+      gc.collect()
   finally:
     sys.unraisablehook = previous
 
@@ -178,11 +556,13 @@ def _one_line(error: BaseException, limit: int = 600) -> str:
 
 
 def load_saved_state(directory: str | os.PathLike, step: int | None = None) -> dict:
-  """The saved train state as nested dicts of arrays, without building a model: for tools and tests."""
+  """The saved train state as nested dicts of arrays, without building a model: for tools and tests. The files
+  are checked against their recorded checksums first (ChecksumError)."""
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {directory}; train first or pass a workdir that has checkpoints/.")
+  verify_step(os.path.join(os.path.abspath(directory), str(step)))
   # Restored onto this process's first device whatever mesh saved it, so a pod's checkpoint opens on a laptop.
   with ocp.StandardCheckpointer() as reader:
     metadata = reader.metadata(os.path.join(os.path.abspath(directory), str(step), "state")).item_metadata

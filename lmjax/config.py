@@ -150,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.document_separator = ""  # document_split='marker': the line between documents ('%'); 'regex': a pattern
   c.data.validation_fraction = 0.1
   c.data.invalid_utf8 = "replace"
+  c.data.allow_binary = False  # accept files that look binary (NUL bytes, or mostly undecodable bytes) as text
   c.data.seq_len = 256
   c.data.shuffle_seed = 0
   c.data.sampling = "epochs"  # 'epochs': every window once per epoch; 'random': uniform random offsets (nanoGPT)
@@ -271,7 +272,7 @@ def _check_types(cfg: ml_collections.ConfigDict, ref: ml_collections.ConfigDict,
     if want is int and isinstance(value, bool) or not isinstance(value, want):
       fail(field, value, f"expected {want.__name__}")
     if want is float and not math.isfinite(value):
-      fail(field, value, "must be a finite number")
+      fail(field, value, "must be a finite number, not NaN or inf")
 
 
 def _validate_data(cfg: ml_collections.ConfigDict) -> None:

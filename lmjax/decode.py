@@ -120,20 +120,58 @@ def check_fits(decoder: StepDecoder, prompt_len: int, max_new_tokens: int) -> No
 
 # --- choosing the next token ------------------------------------------------------------------------------------
 
-def top_p_filter(logits_BV: jax.Array, top_p: float, sorted_BS: jax.Array | None = None) -> jax.Array:
-  """Keeps the smallest set of most likely tokens whose probabilities reach top_p (the nucleus); -inf elsewhere.
+def _nucleus_drops(ascending_BN: jax.Array, top_p: float) -> jax.Array:
+  """Which of the logits, sorted ascending (ties in ascending id order), fall outside the nucleus: those whose
+  cumulative probability from the least likely up is at most 1 - top_p (transformers' arithmetic, to the rounding).
+  The most likely one always stays."""
+  cumulative_BN = jnp.cumsum(jax.nn.softmax(ascending_BN, axis=-1), axis=-1)
+  return (cumulative_BN <= 1.0 - top_p).at[:, -1].set(False)
 
-  `sorted_BS` may give the candidates already sorted in descending order (the top k), so the whole vocabulary
-  need not be sorted.
+
+def top_k_filter(logits_BV: jax.Array, top_k: int) -> jax.Array:
+  """Keeps every token whose logit is at least the k-th largest, -inf elsewhere: with ties at the k-th logit that
+  is more than k tokens, all of them (transformers' TopKLogitsWarper does the same)."""
+  kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+  return jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+
+
+def top_p_filter(logits_BV: jax.Array, top_p: float) -> jax.Array:
+  """Keeps the nucleus, -inf elsewhere: the smallest set of most likely tokens whose probabilities add up to at
+  least top_p (the most likely token always).
+
+  Tokens are ranked by logit, and among equal logits the higher id counts as the more likely; a nucleus that ends
+  inside a group of tied tokens keeps only as many of them as it needs, those with the highest ids. This is
+  transformers' TopPLogitsWarper (an ascending sort, then dropped from the bottom while the cumulative probability
+  is at most 1 - top_p) with its sort made stable: transformers sorts with torch's default sort, which orders ties
+  arbitrarily on large inputs, so which tied tokens it keeps can differ, but not how many or their logits (up to
+  rounding, where a cumulative probability lands within float precision of the threshold).
   """
-  if sorted_BS is None:
-    sorted_BS = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-  probs_BS = jax.nn.softmax(sorted_BS, axis=-1)
-  # A token is in the nucleus while the tokens ranked above it hold less than top_p together; the first always is.
-  before_BS = jnp.cumsum(probs_BS, axis=-1) - probs_BS
-  last_B1 = jnp.sum(before_BS < top_p, axis=-1, keepdims=True) - 1
-  threshold_B1 = jnp.take_along_axis(sorted_BS, last_B1, axis=-1)
-  return jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+  order_BV = jnp.argsort(logits_BV, axis=-1, stable=True)
+  drops_BV = _nucleus_drops(jnp.take_along_axis(logits_BV, order_BV, axis=-1), top_p)
+  drops_BV = jnp.put_along_axis(jnp.zeros_like(drops_BV), order_BV, drops_BV, axis=-1, inplace=False)
+  return jnp.where(drops_BV, -jnp.inf, logits_BV)
+
+
+def top_k_top_p_filter(logits_BV: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """top_p_filter(top_k_filter(logits)): the nucleus is built over exactly the tokens top-k keeps, ties at the
+  k-th logit included, and normalized over them.
+
+  When no row has a tie at the k-th logit, top-k keeps exactly the k candidates `lax.top_k` returns, and only they
+  are sorted; otherwise the whole vocabulary is (slower on a CPU, where XLA's sort is slow, but the same result).
+  """
+  values_BK, ids_BK = jax.lax.top_k(logits_BV, top_k)
+  kth_B1 = values_BK[:, -1:]
+  kept_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  tie_beyond_k = jnp.any(jnp.sum(logits_BV >= kth_B1, axis=-1) > top_k)
+
+  def over_the_candidates(_):
+    ascending_BK, ascending_ids_BK = jax.lax.sort((values_BK, ids_BK), dimension=-1, num_keys=2)
+    drops_BK = _nucleus_drops(ascending_BK, top_p)
+    rows_B1 = jnp.arange(logits_BV.shape[0])[:, None]
+    drops_BV = jnp.zeros(logits_BV.shape, bool).at[rows_B1, ascending_ids_BK].set(drops_BK)
+    return jnp.where(drops_BV, -jnp.inf, kept_BV)
+
+  return jax.lax.cond(tie_beyond_k, lambda _: top_p_filter(kept_BV, top_p), over_the_candidates, None)
 
 
 def never_generated(logits_BV: jax.Array) -> jax.Array:
@@ -142,20 +180,26 @@ def never_generated(logits_BV: jax.Array) -> jax.Array:
   return logits_BV.at[..., jnp.asarray([PAD_ID, BOS_ID])].set(-jnp.inf)
 
 
+def filter_logits(logits_BV: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """logits / T, then top-k, then the top-p nucleus of what top-k kept (each only when set: top_k > 0, top_p < 1),
+  with the removed tokens at -inf: what transformers' Temperature, TopK and TopP warpers give, in that order."""
+  logits_BV = logits_BV / temperature
+  if top_k > 0 and top_p < 1.0:
+    return top_k_top_p_filter(logits_BV, top_k, top_p)
+  if top_k > 0:
+    return top_k_filter(logits_BV, top_k)
+  if top_p < 1.0:
+    return top_p_filter(logits_BV, top_p)
+  return logits_BV
+
+
 def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
-  """Greedy at temperature 0; otherwise sample from softmax(logits / T), restricted to the top k tokens and then
-  to the top-p nucleus of what is left (each only when set: top_k > 0, top_p < 1)."""
+  """Greedy at temperature 0; otherwise a sample from softmax over filter_logits (see there for which tokens the
+  top-k and top-p settings keep, ties included)."""
   if temperature == 0.0:
     return logits_BV.argmax(-1).astype(jnp.int32)
-  logits_BV = logits_BV / temperature
-  sorted_BS = None
-  if top_k > 0:
-    sorted_BS = jax.lax.top_k(logits_BV, top_k)[0]
-    logits_BV = jnp.where(logits_BV < sorted_BS[:, -1:], -jnp.inf, logits_BV)
-  if top_p < 1.0:
-    logits_BV = top_p_filter(logits_BV, top_p, sorted_BS)
-  return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits_BV, temperature, top_k, top_p)).astype(jnp.int32)
 
 
 def length_penalty(length: jax.Array, alpha: float) -> jax.Array:

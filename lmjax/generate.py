@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -55,6 +56,10 @@ _MESSAGES = flags.DEFINE_string("messages", "", "--chat: a JSONL file, one {\"ro
 flags.mark_flag_as_required("workdir")
 
 
+class PromptError(ValueError):
+  """A prompt (or source) that does not fit the model; the message names the limit."""
+
+
 def check_flags() -> None:
   """Every flag that can be checked without touching the workdir; one line per mistake."""
   if _PROMPT.value and _INPUT.value:
@@ -62,6 +67,9 @@ def check_flags() -> None:
   for flag, low in ((_NUM_SAMPLES, 1), (_MAX_NEW, 1), (_TOP_K, 0), (_BEAM_SIZE, 0), (_BATCH_SIZE, 1)):
     if flag.value < low:
       fail(f"--{flag.name}={flag.value} must be >= {low}")
+  for flag in (_TEMPERATURE, _TOP_P, _LENGTH_PENALTY):  # NaN passes every comparison below, inf some
+    if not math.isfinite(flag.value):
+      fail(f"--{flag.name}={flag.value} must be a finite number")
   if _TEMPERATURE.value < 0:
     fail(f"--temperature={_TEMPERATURE.value} must be >= 0 (0 is greedy)")
   if not 0.0 < _TOP_P.value <= 1.0:
@@ -119,6 +127,23 @@ def read_prompts() -> list[str]:
       fail(f"--input={_INPUT.value} holds no prompts (one per line)")
     return prompts
   return list(_PROMPT.value) or [""]
+
+
+def unknown_characters(tokenizer: Any, text: str) -> list[str]:
+  """The distinct characters of text that the tokenizer turns into <unk>, in order of appearance."""
+  from lmjax.data.tokenizers import UNK_ID  # pylint: disable=import-outside-toplevel
+  if UNK_ID not in tokenizer.encode(text):
+    return []
+  return [c for c in dict.fromkeys(text) if UNK_ID in tokenizer.encode(c)]
+
+
+def warn_unknown_characters(tokenizer: Any, prompts: list[str]) -> None:
+  """One warning line per prompt with characters the run's tokenizer lacks: the model sees <unk> there."""
+  for n, prompt in enumerate(prompts):
+    if unknown := unknown_characters(tokenizer, prompt):
+      listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+      print(f"warning: prompt {n + 1} has {len(unknown)} characters the {tokenizer.kind} tokenizer does not know, "
+            f"which the model sees as <unk>: {listed}", file=sys.stderr)
 
 
 def translation_settings(config: Any, s: dict[str, Any]) -> dict[str, Any]:
@@ -199,13 +224,16 @@ def generate_texts(model: Any, params: Any, tokenizer: Any, prompts: list[str], 
   sources = [[*tokenizer.encode(p).tolist(), EOS_ID] for p in prompts] if translating else []
   S = max(map(len, sources), default=0)
   if translating and decoder.max_len is not None and S > decoder.max_len:
-    raise ValueError(f"a source of {S} tokens (with <eos>) exceeds model.max_len={decoder.max_len}, the size of the "
-                     f"learned position table; shorten it")
+    raise PromptError(f"a source of {S} tokens (with <eos>) exceeds model.max_len={decoder.max_len}, the size of the "
+                      f"learned position table; shorten it")
   encoded = [[BOS_ID] if translating else [BOS_ID, *tokenizer.encode(p).tolist()] for p in prompts]
   if prompt_ids is not None and not translating:
     encoded = [list(ids) for ids in prompt_ids]
   P = max(map(len, encoded))
-  decode.check_fits(decoder, P, s["max_new_tokens"])
+  try:
+    decode.check_fits(decoder, P, s["max_new_tokens"])
+  except ValueError as e:
+    raise PromptError(str(e)) from None
   beam = s["strategy"] == "beam"
   # Sampling repeats each prompt once per sample; beam search returns its best beams for each prompt once.
   rows = [(i, j) for i in range(len(prompts)) for j in range(1 if beam else num_samples)]
@@ -289,6 +317,7 @@ def main(argv: list[str]) -> None:
     prompts, prompt_ids = chat_prompts(workdir, tokenizer)
   else:
     prompts = read_prompts()
+  warn_unknown_characters(tokenizer, prompts)
   params, step = load_params(workdir, _STEP.value)
   s = settings()
   if config.model.name == "encdec":
@@ -297,7 +326,7 @@ def main(argv: list[str]) -> None:
   try:
     results = generate_texts(model, params, tokenizer, prompts, s, _NUM_SAMPLES.value, _BATCH_SIZE.value,
                              prompt_ids)
-  except ValueError as e:  # e.g. prompt + max_new_tokens beyond a learned-position model's max_len
+  except PromptError as e:  # e.g. prompt + max_new_tokens beyond a learned-position model's max_len
     fail(str(e))
   seconds = time.perf_counter() - start
   for n, (prompt, samples) in enumerate(zip(prompts, results)):

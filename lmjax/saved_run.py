@@ -53,6 +53,12 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
   elif step not in steps:
     raise RunError(f"{workdir}: no checkpoint at step {step} (steps: {', '.join(map(str, steps))})")
   path = (workdir / "checkpoints" / str(step) / "state").resolve()  # orbax reads no metadata from relative paths
+  from lmjax.checkpoint import ChecksumError, verify_step  # pylint: disable=import-outside-toplevel
+  try:
+    verify_step(path.parent)
+  except ChecksumError as e:
+    raise RunError(f"{workdir}: the checkpoint of step {step} is damaged ({e}); use another step "
+                   f"(steps: {', '.join(map(str, steps))})") from None
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with quiet_orbax(), ocp.StandardCheckpointer() as reader:
     metadata = reader.metadata(path).item_metadata

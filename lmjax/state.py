@@ -25,7 +25,7 @@ class TrainState(struct.PyTreeNode):
   params: Any
   opt_state: Any
   rng: jax.Array  # uint32 key data; per-step keys are fold_in(rng, step), so resuming replays the same randomness
-  nonfinite_streak: jax.Array  # int32: consecutive steps skipped because the loss or gradients were not finite
+  nonfinite_streak: jax.Array  # int32: consecutive steps skipped because the loss, gradients or update were not finite
   skipped_steps: jax.Array  # int32: all such steps of the run
 
 

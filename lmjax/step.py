@@ -95,6 +95,14 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   return (loss, {**{k: v / denominator for k, v in extras.items()}, "loss": loss, "tokens": tokens}), grads
 
 
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point leaf of the tree is free of NaN and inf (a scalar bool; integer leaves such as
+  optimizer step counts always are)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any,
                optimizer: optax.GradientTransformation,
                microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -108,14 +116,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = Non
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  # A step whose loss or gradients are not finite leaves parameters and optimizer state untouched; the data and
-  # step counter still advance, so the offending batch is skipped rather than retried forever.
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep_new = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  # A step whose loss, gradients, new parameters or new optimizer state are not finite leaves parameters and
+  # optimizer state untouched; the data and step counter still advance, so the offending batch is skipped rather
+  # than retried forever. Checking the results too catches what finite gradients can still produce: a NaN or inf
+  # learning rate, an update or moment that overflows.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params) & all_finite(opt_state)
+  # One conditional picks the whole new or old state: an elementwise select of every leaf instead would have to
+  # wait for the check and doubles the step's compile time on a CPU.
+  params, opt_state = jax.lax.cond(finite, lambda new, old: new, lambda new, old: old,
+                                   (params, opt_state), (state.params, state.opt_state))
   skipped = 1 - finite.astype(jnp.int32)
   metrics = dict(aux, grad_norm=grad_norm, skipped=skipped)
-  return state.replace(step=state.step + 1, params=keep_new(params, state.params),
-                       opt_state=keep_new(opt_state, state.opt_state),
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        nonfinite_streak=(state.nonfinite_streak + 1) * skipped,
                        skipped_steps=state.skipped_steps + skipped), metrics
 

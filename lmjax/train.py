@@ -30,11 +30,11 @@ from lmjax.profiling import StepProfiler
 from lmjax.registry import TASKS
 from lmjax.state import abstract_train_state, count_params, create_train_state
 from lmjax.tasks.base import SamplePrompt, Task, TaskData, VocabInfo
-from lmjax.workdir import check_and_record_config
+from lmjax.workdir import check_config, record_config
 
 
 class NonFiniteError(RuntimeError):
-  """Training diverged: too many consecutive steps had a non-finite loss or gradients."""
+  """Training diverged: too many consecutive steps had a non-finite loss, gradients or update."""
 
 
 def check_prompt_fits(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> None:
@@ -218,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   task_class = TASKS.get(config.task)
 
   def prepare():
-    check_and_record_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
+    check_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
     if pretrained is not None:
       init_from.copy_tokenizer(pretrained, workdir)
     tokenizer = prepare_tokenizer(config, workdir, task_class)
@@ -230,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   task = task_class.create(config, vocab, data)
   fitted = task.fit(config, tokenizer, data)
   if fitted is not None:
+    record_config(config, workdir)  # fitted: the run happened, so config.json records it
     return _record_fit(config, workdir, fitted)
   progs = programs.build(config, task, mesh)
   with sharding.activate(progs.mesh, progs.rules):
@@ -294,6 +295,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
       logging.info("Started %s from %s (step %s); the rest is freshly initialized.", ", ".join(copied),
                    config.finetune.init_from, config.finetune.init_step or "latest")
     state = state.replace(params=task.initial_params(state.params, frozen))
+  record_config(config, workdir)  # restored or initialized: the run starts for real, so config.json records it
   step = int(state.step)
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %s.", config.model.name,
@@ -362,7 +364,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
         streak = int(state.nonfinite_streak)
         if streak >= t.max_nonfinite_steps:
           raise NonFiniteError(
-              f"stopped at step {step}: the loss or gradients were not finite for {streak} consecutive steps "
+              f"stopped at step {step}: the loss, gradients or updates were not finite for {streak} consecutive steps "
               f"(train.max_nonfinite_steps={t.max_nonfinite_steps}); those steps were skipped, so the checkpoints "
               f"are intact. Lower optim.learning_rate, raise optim.warmup_steps or check the data.")
 

@@ -24,5 +24,6 @@ def single_device_env(**extra: str) -> dict[str, str]:
 
 
 def pytest_configure(config):
+  # `make test` runs everything; `pytest -m "not slow"` skips the tests that start training processes.
   config.addinivalue_line("markers", "slow: a test that runs training subprocesses for more than a few seconds "
-                                     "(deselect with -m 'not slow')")
+                                     "(deselect locally with -m 'not slow'; CI runs them)")

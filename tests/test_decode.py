@@ -236,7 +236,9 @@ def test_top_k_samples_only_the_k_most_likely():
   assert set(got.tolist()) == {1, 3, 5}
 
 
-@pytest.mark.parametrize("top_p", [0.3, 0.5, 0.8, 0.99])
+# Not 0.3 or 0.99: there the nucleus ends exactly on a sum of these probabilities, and which side of it the float
+# sum lands on is rounding (it differs between eager and jitted code, and from torch).
+@pytest.mark.parametrize("top_p", [0.29, 0.5, 0.8, 0.98])
 def test_top_p_samples_only_the_nucleus(top_p):
   allowed = nucleus(np.exp(LOGITS), top_p)
   got = draw(LOGITS, top_p=top_p)
@@ -255,6 +257,60 @@ def test_temperature_then_top_k_then_top_p():
   probs[top] = scaled[top] / scaled[top].sum()
   got = draw(LOGITS, temperature=T, top_k=k, top_p=p)
   assert set(got.tolist()) == nucleus(probs, p)
+
+
+# --- ties: the same tokens transformers' warpers keep -------------------------------------------------------------
+
+def transformers_kept(logits_NV, top_k, top_p, stable):
+  """Which tokens transformers' TopK then TopP warpers keep. stable=True makes their torch.sort stable: the ties'
+  order is then defined (lower ids first in the ascending sort), and lmjax must keep exactly the same ids."""
+  torch = pytest.importorskip("torch")
+  warpers = pytest.importorskip("transformers.generation.logits_process")
+  scores = torch.tensor(np.asarray(logits_NV, np.float32))
+  real_sort = torch.sort
+  if stable:
+    torch.sort = lambda *args, **kwargs: real_sort(*args, **kwargs, stable=True)
+  try:
+    if top_k:
+      scores = warpers.TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+      scores = warpers.TopPLogitsWarper(top_p)(None, scores)
+  finally:
+    torch.sort = real_sort
+  return np.isfinite(scores.numpy())
+
+
+def lmjax_kept(logits_NV, top_k, top_p):
+  fn = jax.jit(functools.partial(decode.filter_logits, temperature=1.0, top_k=top_k, top_p=top_p))
+  return np.isfinite(np.asarray(fn(jnp.asarray(logits_NV, jnp.float32))))
+
+
+def test_top_k_then_top_p_with_a_tie_at_the_kth_logit():
+  logits = np.array([[2.0, 1.0, 1.0, 1.0, 0.0, -1.0]])  # top-2 keeps 0 and all three tied 1.0s
+  expected = transformers_kept(logits, 2, 0.6, stable=True)
+  assert np.flatnonzero(expected[0]).tolist() == [0, 3]  # 0 holds 0.475 of the four; one tied token completes 0.6
+  np.testing.assert_array_equal(lmjax_kept(logits, 2, 0.6), expected)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(50, 0.9), (0, 0.9), (0, 0.5), (1000, 0.5), (5, 0.3), (50, 1.0)])
+def test_filters_keep_what_transformers_keeps_on_bfloat16_logits(top_k, top_p):
+  """32 rows over GPT-2's 50,257 tokens, N(0, 3) rounded to bfloat16: ties everywhere, at the k-th logit and inside
+  the nucleus. The kept ids equal those of transformers with a stable sort; with its default sort, which orders
+  ties arbitrarily, transformers may pick other tied ids, but the same number of them with the same logits."""
+  rng = np.random.default_rng(0)
+  logits = np.asarray(jnp.asarray(rng.normal(0.0, 3.0, (32, 50257)), jnp.bfloat16).astype(jnp.float32))
+  ours = lmjax_kept(logits, top_k, top_p)
+  np.testing.assert_array_equal(ours, transformers_kept(logits, top_k, top_p, stable=True))
+  default = transformers_kept(logits, top_k, top_p, stable=False)
+  for row in range(len(logits)):
+    np.testing.assert_array_equal(np.sort(logits[row][ours[row]]), np.sort(logits[row][default[row]]))
+
+
+def test_tied_logits_are_sampled_only_from_the_kept_set():
+  logits = np.log(np.array([0.3, 0.2, 0.2, 0.2, 0.1]))  # top_k=2 keeps 0 and the three tied 0.2s
+  kept = np.flatnonzero(lmjax_kept(logits[None], 2, 0.5)[0]).tolist()
+  assert kept == [0, 3]  # 0.3 of 0.9, then one tie (the highest id) reaches 0.5 of the renormalized mass
+  assert set(draw(logits, top_k=2, top_p=0.5).tolist()) == set(kept)
 
 
 # --- EOS ---------------------------------------------------------------------------------------------------------

@@ -192,6 +192,13 @@ def test_tpu_run_with_retries_wraps_local_retry():
   assert "nohup" in remote and remote[-1] == "&"
 
 
+@pytest.mark.parametrize("order", ["options_first", "subcommand_between"])
+def test_tpu_options_may_come_before_the_subcommand(order):
+  after = dry_run_lines(TPU_POD, "run", *POD, "--dry-run", "--", *TRICKY_ARGS)
+  args = (["--dry-run", *POD, "run"] if order == "options_first" else ["--dry-run", "run", *POD])
+  assert dry_run_lines(TPU_POD, *args, "--", *TRICKY_ARGS) == after
+
+
 def test_tpu_logs_and_delete():
   mkdir, scp = dry_run_lines(TPU_POD, "logs", *POD, "--log_dir", "my logs", "--dry-run")
   assert mkdir == ["mkdir", "-p", "my logs"]
@@ -210,6 +217,8 @@ def test_tpu_logs_and_delete():
     ([], "no subcommand"),
     (["run", "--name", "n", "--zone", "z", "--config=c"], "unknown option '--config'"),
     (["create", "--name"], "--name needs a value"),
+    (["run", "logs", "--name", "n", "--zone", "z"], "two subcommands, 'run' and 'logs'"),
+    (["--name", "n", "--zone", "z"], "no subcommand"),
 ])
 def test_tpu_bad_input_is_one_line(args, expected):
   assert expected in one_line_error(run(TPU_POD, *args, *(["--dry-run"] if args else [])))
@@ -323,6 +332,48 @@ if [[ "$1" == show ]]; then printf 'n1\\nn2\\n'; else echo "$*" > "$STUB_OUT/sco
     assert recorded_args(out, i) == ["-m", "lmjax.main", *TRICKY_ARGS, "--coordinator_address=n1:20007",
                                      "--num_processes=2", f"--process_id={i}"]
   assert (out / "scontrol").read_text().split() == ["requeue", "7"]  # preempted: back in the queue to resume
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (143, True), (2, False), (4, False)])
+def test_slurm_requeues_only_a_stopped_job(tmp_path, status, requeued):
+  """75: lmjax stopped on SIGTERM (in the training loop or while starting); 143: SIGTERM came before Python could
+  answer it. Bad input or a workdir in use would only fail again."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  write_executable(bin_dir / "srun", "#!/usr/bin/env bash\nexit \"$STUB_STATUS\"\n")
+  write_executable(bin_dir / "scontrol", "#!/usr/bin/env bash\necho \"$*\" > \"$STUB_OUT/scontrol\"\n")
+  env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_OUT=str(tmp_path), STUB_STATUS=str(status),
+                  SLURM_JOB_ID="9")
+  result = run(SLURM, *TRICKY_ARGS, env=env)
+  assert result.returncode == status
+  assert (tmp_path / "scontrol").exists() == requeued
+  if requeued:
+    assert (tmp_path / "scontrol").read_text().split() == ["requeue", "9"]
+
+
+@pytest.mark.parametrize("status", [3, 4, 5, 6, 7])
+def test_local_retry_does_not_retry_what_needs_a_person(tmp_path, status):
+  out = tmp_path / "out"
+  out.mkdir()
+  env = clean_env(PYTHON=str(fake_python(tmp_path)), STUB_OUT=str(out), STUB_EXIT=json.dumps({"0": status}),
+                  RETRY_DELAY="0")
+  result = run(LAUNCH / "local_retry.sh", "--retries", "3", "configs/tiny.py", str(tmp_path / "run"), env=env,
+               cwd=REPO)
+  assert result.returncode == status
+  assert "not retrying" in result.stderr and "restarting" not in result.stderr
+
+
+@pytest.mark.parametrize("status", [1, 75, 137])
+def test_local_retry_retries_crashes_and_preemptions(tmp_path, status):
+  out = tmp_path / "out"
+  out.mkdir()
+  env = clean_env(PYTHON=str(fake_python(tmp_path)), STUB_OUT=str(out), STUB_EXIT=json.dumps({"0": status}),
+                  RETRY_DELAY="0")
+  result = run(LAUNCH / "local_retry.sh", "--retries", "2", "configs/tiny.py", str(tmp_path / "run"), env=env,
+               cwd=REPO)
+  assert result.returncode == status
+  assert result.stderr.count("restarting") == 2 and "giving up after 2 restarts" in result.stderr
+  assert (tmp_path / "run" / "train.log").read_text().count("stub process 0") == 3
 
 
 def test_slurm_without_lmjax_flags_is_one_line():

@@ -62,18 +62,44 @@ def resolve_paths(paths: str) -> list[Path]:
   return nonempty
 
 
-def read_text(path: Path, invalid_utf8: str) -> str:
+# A file is taken for binary (an executable, an archive, UTF-16 text, ...) when it holds a NUL byte, which text
+# never does, or when at least this fraction of its characters cannot be decoded as UTF-8. Latin-1 or cp1252 text
+# read as UTF-8 stays far below it (a few accented letters per line); random bytes reach about one half.
+BINARY_UNDECODABLE_FRACTION = 0.25
+
+
+def looks_binary(raw: bytes, text: str, offset: int = 0) -> str | None:
+  """Why the bytes (and their UTF-8 decoding with replacement characters) look binary, or None for text; `offset`
+  is where `raw` starts in its file."""
+  first_nul = raw.find(b"\0")
+  if first_nul >= 0:
+    return f"{raw.count(bytes(1)):,} NUL bytes, the first at byte offset {offset + first_nul}"
+  undecodable = text.count("\ufffd")
+  if text and undecodable >= BINARY_UNDECODABLE_FRACTION * len(text):
+    return f"{undecodable / len(text):.0%} of its characters are not UTF-8"
+  return None
+
+
+def _binary_error(path: Path, why: str) -> DataError:
+  return DataError(f"data.paths file {path} looks binary, not text ({why}); point data.paths at text files, or "
+                   f"set data.allow_binary=True to train on it anyway")
+
+
+def read_text(path: Path, invalid_utf8: str, allow_binary: bool = False) -> str:
   try:
     raw = path.read_bytes()
   except OSError as e:
     raise DataError(f"data.paths file {path} cannot be read ({e.strerror}); fix it or remove it from data.paths") from e
   try:
-    return raw.decode("utf-8")
+    text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     if invalid_utf8 == "fail":
       raise DataError(f"data.invalid_utf8='fail': {path} is not valid UTF-8 at byte offset {e.start}; "
                       f"fix the file or set data.invalid_utf8='replace'") from None
-    return raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8", errors="replace")
+  if not allow_binary and (why := looks_binary(raw, text)) is not None:
+    raise _binary_error(path, why)
+  return text
 
 
 def separator_pattern(document_split: str, separator: str = "") -> re.Pattern | None:
@@ -162,8 +188,10 @@ def _documents_of_chunks(chunks: Iterator[str], document_split: str, pattern: re
       yield doc
 
 
-def read_chunks(path: Path, invalid_utf8: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
-  """The text of a file, decoded piece by piece: never the whole file in memory."""
+def read_chunks(path: Path, invalid_utf8: str, chunk_bytes: int = CHUNK_BYTES,
+                allow_binary: bool = False) -> Iterator[str]:
+  """The text of a file, decoded piece by piece: never the whole file in memory. Unless allow_binary, each piece
+  is checked as read_text checks a whole file (a NUL byte anywhere, or a piece mostly undecodable)."""
   decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if invalid_utf8 == "fail" else "replace")
   offset = 0
   try:
@@ -179,6 +207,8 @@ def read_chunks(path: Path, invalid_utf8: str, chunk_bytes: int = CHUNK_BYTES) -
       except UnicodeDecodeError as e:
         raise DataError(f"data.invalid_utf8='fail': {path} is not valid UTF-8 at byte offset "
                         f"{offset - pending + e.start}; fix the file or set data.invalid_utf8='replace'") from None
+      if not allow_binary and (why := looks_binary(raw, text, offset)) is not None:
+        raise _binary_error(path, why)
       offset += len(raw)
       if text:
         yield text
@@ -187,13 +217,14 @@ def read_chunks(path: Path, invalid_utf8: str, chunk_bytes: int = CHUNK_BYTES) -
 
 
 def iter_file_documents(path: Path, document_split: str, separator: str = "", invalid_utf8: str = "replace",
-                        chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+                        chunk_bytes: int = CHUNK_BYTES, allow_binary: bool = False) -> Iterator[str]:
   """The documents of one file, as split_into_documents gives them, streamed ('file' reads the file whole)."""
   if document_split == "file":
-    yield from split_into_documents(read_text(Path(path), invalid_utf8), "file")
+    yield from split_into_documents(read_text(Path(path), invalid_utf8, allow_binary), "file")
     return
   pattern = separator_pattern(document_split, separator)
-  yield from _documents_of_chunks(read_chunks(Path(path), invalid_utf8, chunk_bytes), document_split, pattern)
+  chunks = read_chunks(Path(path), invalid_utf8, chunk_bytes, allow_binary)
+  yield from _documents_of_chunks(chunks, document_split, pattern)
 
 
 def split_train_validation(docs: Sequence[str], validation_fraction: float) -> tuple[list[str], list[str]]:
@@ -240,10 +271,11 @@ class LocalTextConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.1
   invalid_utf8: str = "replace"
   document_separator: str = ""
+  allow_binary: bool = False
 
 
 def make_config(files: Sequence[Path], document_split: str, validation_fraction: float,
-                invalid_utf8: str, document_separator: str = "") -> LocalTextConfig:
+                invalid_utf8: str, document_separator: str = "", allow_binary: bool = False) -> LocalTextConfig:
   if document_split not in DOCUMENT_SPLITS:
     raise DataError(f"data.document_split={document_split!r} is unknown; use one of {DOCUMENT_SPLITS}")
   if invalid_utf8 not in INVALID_UTF8:
@@ -252,12 +284,15 @@ def make_config(files: Sequence[Path], document_split: str, validation_fraction:
     raise DataError(f"data.validation_fraction={validation_fraction!r} must be strictly between 0 and 1")
   stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
   separator = [document_separator] if document_split in ("marker", "regex") else []  # names stay as they were
-  key = json.dumps([stats, document_split, float(validation_fraction), invalid_utf8, *separator])
+  # allow_binary joins the key only when set, so datasets prepared before the setting existed keep their names.
+  key = json.dumps([stats, document_split, float(validation_fraction), invalid_utf8, *separator,
+                    *(["binary"] * bool(allow_binary))])
   separator_pattern(document_split, document_separator)  # a bad separator fails here, before any work
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return LocalTextConfig(name=f"{document_split}_{digest}", files=tuple(s[0] for s in stats),
                          document_split=document_split, validation_fraction=float(validation_fraction),
                          invalid_utf8=invalid_utf8, document_separator="".join(separator),
+                         allow_binary=bool(allow_binary),
                          description=f"{len(files)} local files, split by {document_split}")
 
 
@@ -277,7 +312,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     docs: list[str] = []
     for f in cfg.files:  # read and decode everything first, so bad input fails before any example is written
-      docs += split_into_documents(read_text(Path(f), cfg.invalid_utf8), cfg.document_split, cfg.document_separator)
+      docs += split_into_documents(read_text(Path(f), cfg.invalid_utf8, cfg.allow_binary), cfg.document_split,
+                                   cfg.document_separator)
     if not docs:
       raise DataError(f"data.paths: the {len(cfg.files)} files hold no text with document_split="
                       f"{cfg.document_split!r}; point data.paths at non-blank text")
@@ -303,12 +339,13 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(files: Sequence[Path], data_dir: str | os.PathLike, *, document_split: str = "paragraph",
-            validation_fraction: float = 0.1, invalid_utf8: str = "replace", document_separator: str = "") -> LocalText:
+            validation_fraction: float = 0.1, invalid_utf8: str = "replace", document_separator: str = "",
+            allow_binary: bool = False) -> LocalText:
   """Returns the prepared builder for these inputs, preparing it under data_dir/local_text/ on a cache miss.
 
   Training reads local text streamed (`LocalCorpus`); this builder serves whoever wants the documents as a TFDS
   dataset (array_record, random access)."""
-  config = make_config(files, document_split, validation_fraction, invalid_utf8, document_separator)
+  config = make_config(files, document_split, validation_fraction, invalid_utf8, document_separator, allow_binary)
   builder = LocalText(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
   if not builder.is_prepared():
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
@@ -334,9 +371,9 @@ class LocalCorpus:
   @classmethod
   def of(cls, files: Sequence[Path], data_dir: str | os.PathLike, *, document_split: str = "paragraph",
          validation_fraction: float = 0.1, invalid_utf8: str = "replace",
-         document_separator: str = "") -> "LocalCorpus":
-    return cls(make_config(files, document_split, validation_fraction, invalid_utf8, document_separator),
-               Path(data_dir))
+         document_separator: str = "", allow_binary: bool = False) -> "LocalCorpus":
+    return cls(make_config(files, document_split, validation_fraction, invalid_utf8, document_separator,
+                           allow_binary), Path(data_dir))
 
   @property
   def name(self) -> str:
@@ -346,7 +383,8 @@ class LocalCorpus:
     """Every document of every file, in file order."""
     c = self.config
     for f in c.files:
-      yield from iter_file_documents(Path(f), c.document_split, c.document_separator, c.invalid_utf8)
+      yield from iter_file_documents(Path(f), c.document_split, c.document_separator, c.invalid_utf8,
+                                     allow_binary=c.allow_binary)
 
   @property
   def index_path(self) -> Path:

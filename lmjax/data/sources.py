@@ -149,7 +149,8 @@ def local_corpus(data_cfg: ml_collections.ConfigDict, data_dir: Path) -> local_t
   return local_text.LocalCorpus.of(files, data_dir, document_split=data_cfg.document_split,
                                    validation_fraction=data_cfg.validation_fraction,
                                    invalid_utf8=data_cfg.invalid_utf8,
-                                   document_separator=data_cfg.document_separator)
+                                   document_separator=data_cfg.document_separator,
+                                   allow_binary=data_cfg.get("allow_binary", False))
 
 
 def _check_local_split(data_cfg: ml_collections.ConfigDict, split: str) -> None:
