@@ -267,10 +267,12 @@ class Checkpointer:
 def _path_name(path) -> str:
   parts = []
   for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
+    if isinstance(key, (jax.tree_util.DictKey, jax.tree_util.FlattenedIndexKey)):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      parts.append(str(key.name))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
     else:
       parts.append(str(key))
   return "/".join(parts)
@@ -304,7 +306,7 @@ def check_shapes(state_dir: str | os.PathLike, abstract_state: Any) -> None:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-  from lmjax.step import all_finite  # pylint: disable=import-outside-toplevel
+  from lmjax.state import all_finite  # pylint: disable=import-outside-toplevel
   return all_finite(tree)
 
 

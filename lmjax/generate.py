@@ -129,21 +129,10 @@ def read_prompts() -> list[str]:
   return list(_PROMPT.value) or [""]
 
 
-def unknown_characters(tokenizer: Any, text: str) -> list[str]:
-  """The distinct characters of text that the tokenizer turns into <unk>, in order of appearance."""
-  from lmjax.data.tokenizers import UNK_ID  # pylint: disable=import-outside-toplevel
-  if UNK_ID not in tokenizer.encode(text):
-    return []
-  return [c for c in dict.fromkeys(text) if UNK_ID in tokenizer.encode(c)]
-
-
 def warn_unknown_characters(tokenizer: Any, prompts: list[str]) -> None:
-  """One warning line per prompt with characters the run's tokenizer lacks: the model sees <unk> there."""
-  for n, prompt in enumerate(prompts):
-    if unknown := unknown_characters(tokenizer, prompt):
-      listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-      print(f"warning: prompt {n + 1} has {len(unknown)} characters the {tokenizer.kind} tokenizer does not know, "
-            f"which the model sees as <unk>: {listed}", file=sys.stderr)
+  from lmjax.data.tokenizers import unknown_character_warnings  # pylint: disable=import-outside-toplevel
+  for line in unknown_character_warnings(tokenizer, prompts):
+    print(line, file=sys.stderr)
 
 
 def translation_settings(config: Any, s: dict[str, Any]) -> dict[str, Any]:

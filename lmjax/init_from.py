@@ -47,7 +47,8 @@ def check(config: ml_collections.ConfigDict) -> SavedRun | None:
                       f"(steps: {', '.join(map(str, run.steps)) or 'none'}); use 0 for its latest")
   if not run.steps:
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} has no checkpoint; train that run first")
-  mine, theirs = family(config.model.name).interface, family(run.config.model.name).interface
+  # A task on the next-token interface (causal_lm, sft, dpo, seq2seq_lm) continues the whole decoder.
+  mine, theirs = TASKS.get(config.task).model_interface, family(run.config.model.name).interface
   if mine == "next_token" and theirs != "next_token":
     raise ConfigError(f"config.finetune.init_from={f.init_from!r} is a model.name={run.config.model.name!r} run; "
                       f"task={config.task!r} starts from a decoder (a causal_lm, sft or dpo run, or an imported one)")
@@ -96,7 +97,7 @@ def pretrained_params(config: ml_collections.ConfigDict, params: Any) -> tuple[A
   settings = lora.LoraSettings.from_config(run.config)
   if settings is not None:  # a LoRA run continues as the model it computes
     saved = lora.merge(saved, settings.scale)
-  whole = family(config.model.name).interface == "next_token"  # a decoder continues as a whole
+  whole = TASKS.get(config.task).model_interface == "next_token"  # a decoder continues as a whole
   if not whole:  # the run's parameters as this model's subtrees (a decoder's whole body becomes 'decoder', ...)
     saved = family(run.config.model.name).pretrained_subtrees(dict(saved))
   new, copied = dict(jax.device_get(params)), []

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from lmjax import cli, console
 from lmjax.cli import describe_command, parse_flags
-from lmjax.failures import describe_failure
+from lmjax.exit_status import describe_failure
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:arg].",
                                           lock_config=True)

@@ -95,3 +95,11 @@ def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformati
 
 def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point leaf of the tree is free of NaN and inf (a scalar bool; integer leaves such as
+  optimizer step counts always are)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)

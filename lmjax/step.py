@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lmjax.state import TrainState
+from lmjax.state import TrainState, all_finite
 
 
 class _Trained:
@@ -93,14 +93,6 @@ def accumulated_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, 
   grads = trained.grads([(g / denominator).astype(p.dtype) for g, p in zip(grads_sum, trained.select())])
   loss = loss_sum / denominator
   return (loss, {**{k: v / denominator for k, v in extras.items()}, "loss": loss, "tokens": tokens}), grads
-
-
-def all_finite(tree: Any) -> jax.Array:
-  """Whether every floating-point leaf of the tree is free of NaN and inf (a scalar bool; integer leaves such as
-  optimizer step counts always are)."""
-  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = None, *, task: Any,

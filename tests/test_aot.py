@@ -26,7 +26,7 @@ def test_compiles_for_more_devices_than_the_machine_has_and_shards_the_state():
   assert replicated.returncode == 0, replicated.stderr[-2000:]
   assert sharded.returncode == 0, sharded.stderr[-2000:]
   row_r, row_s = table_row(replicated.stdout), table_row(sharded.stdout)
-  assert row_r[0] == row_s[0] == "16" and row_s[1] == "data=2 x fsdp=8 x tensor=1"
+  assert row_r[0] == row_s[0] == "16" and row_s[1] == "data=2 x fsdp=8 x sequence=1 x tensor=1"
   state_r, state_s = float(row_r[7]), float(row_s[7])
   # FSDP over 8 devices: each holds about an eighth of the parameters and Adam moments (norm scales of width 32
   # split evenly too; only a vocabulary that 8 does not divide stays whole).

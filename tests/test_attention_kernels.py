@@ -167,8 +167,15 @@ def test_a_train_step_with_context_parallelism_equals_one_device():
   ring_loss, ring_norm, ring_params = one_step(config, jax.devices())
   np.testing.assert_allclose(ring_loss, loss, rtol=1e-5)
   np.testing.assert_allclose(ring_norm, norm, rtol=1e-4)
-  for a, b in zip(jax.tree_util.tree_leaves(ring_params), jax.tree_util.tree_leaves(params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ring_params), jax.tree_util.tree_leaves(params)):
+    name = jax.tree_util.keystr(path)
+    a, b = np.asarray(a), np.asarray(b)
+    if name.endswith("['kv']['bias']"):
+      # The key bias gets no gradient in exact arithmetic (softmax ignores a shift shared by every key); Adam's
+      # first step turns its rounding noise (~1e-12) into moves of ~1e-5 in either direction. The value bias is exact.
+      np.testing.assert_allclose(a[0], b[0], atol=1e-4, err_msg=name)
+      a, b = a[1], b[1]
+    np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
 
 
 # --- what `auto` picks, and what the config refuses ----------------------------------------------------------------

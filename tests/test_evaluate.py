@@ -246,7 +246,9 @@ def test_report_shows_evaluations_as_columns(tmp_path):
                                                                                "perplexity": 9.0}}}})
   _fake_run(tmp_path / "b", evals={"tiny_choice": {"step": 10, "metrics": {"tiny_choice": {"acc": np.float64(0.5)}}}})
   text, _ = report.report(tmp_path)
-  header, _, row_a, row_b = text.splitlines()[:4]
+  lines = text.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| run |"))  # the table of every run
+  header, _, row_a, row_b = lines[start:start + 4]
   assert "tiny_choice/acc" in header and "ppl-wiki/bits_per_byte" in header
   assert "0.2500" in row_a and "1.5000" in row_a and "0.5000" in row_b and row_b.count(report.MISSING) >= 2
   assert "tiny_choice/acc" in (tmp_path / "report.csv").read_text().splitlines()[0]

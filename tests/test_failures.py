@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import single_device_env
-from lmjax import cli, failures
+from lmjax import cli, exit_status, failures
 from lmjax.workdir import FreshStart, WorkdirError, prepare_workdir, record_config
 from lmjax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLocked
 
@@ -106,7 +106,7 @@ def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, cod
   monkeypatch.setattr(Path, "mkdir", refuse)  # a mount that is read-only, or a directory of someone else's
   with pytest.raises(WorkdirError, match=words) as e:
     prepare_workdir(tmp_path / "run")
-  status, line = failures.describe_failure(e.value)
+  status, line = exit_status.describe_failure(e.value)
   assert status == cli.WORKDIR_UNUSABLE_EXIT_CODE and f"--workdir={tmp_path / 'run'}" in line and "\n" not in line
 
 
@@ -138,6 +138,14 @@ def test_binary_and_text_are_told_apart(tmp_path):
   with pytest.raises(DataError, match="data.allow_binary=True"):
     read_text(path, "replace")
   assert len(read_text(path, "replace", allow_binary=True)) > 0
+  # Streamed (how training reads local text) in small pieces, the file is judged on the whole, not piece by piece.
+  from lmjax.data.local_text import iter_file_documents
+  with pytest.raises(DataError, match="not UTF-8"):
+    list(iter_file_documents(path, "paragraph", chunk_bytes=997))
+  assert list(iter_file_documents(path, "paragraph", chunk_bytes=997, allow_binary=True))
+  latin_path = tmp_path / "latin1.txt"
+  latin_path.write_bytes(latin1)
+  assert list(iter_file_documents(latin_path, "paragraph", chunk_bytes=5))
 
 
 def test_a_failed_first_start_removes_only_what_it_wrote(tmp_path):
@@ -271,10 +279,10 @@ def test_each_kind_of_failure_has_its_own_status():
       (ValueError("operands could not be broadcast together"), 1), (KeyError("layer_3"), 1), (RuntimeError("x"), 1),
   ]
   for error, status in cases:
-    got, line = failures.describe_failure(error, "/w")
+    got, line = exit_status.describe_failure(error, "/w")
     assert got == status, (error, got)
     assert (line == "") == (status == 1) and "\n" not in line
-  _, line = failures.describe_failure(tensorstore_full, "/w")
+  _, line = exit_status.describe_failure(tensorstore_full, "/w")
   assert "/w/checkpoints/40.orbax-checkpoint-tmp/state/_sharding" in line and " free of " in line
 
 
@@ -288,12 +296,10 @@ def test_generate_rejects_non_finite_settings(tmp_path, flag):
   assert line == f"error: {flag} must be a finite number"
 
 
-def test_generate_warns_about_characters_the_tokenizer_lacks(capsys):
-  from lmjax.data.tokenizers import CharTokenizer
-  from lmjax.generate import warn_unknown_characters
+def test_generate_warns_about_characters_the_tokenizer_lacks():
+  from lmjax.data.tokenizers import CharTokenizer, unknown_character_warnings
   tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz ")
-  warn_unknown_characters(tokenizer, ["a plain prompt", "café for €5"])
-  lines = capsys.readouterr().err.strip().splitlines()
+  lines = unknown_character_warnings(tokenizer, ["a plain prompt", "café for €5"])
   assert len(lines) == 1 and lines[0].startswith("warning: prompt 2 has 3 characters")
   for listed in ("'é' (U+00E9)", "'€' (U+20AC)", "'5' (U+0035)", "<unk>"):
     assert listed in lines[0]

@@ -28,7 +28,7 @@ import argparse  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from lmjax.aot import check  # pylint: disable=wrong-import-position
+from lmjax.memory_check import check  # pylint: disable=wrong-import-position
 from lmjax.config import base_config  # pylint: disable=wrong-import-position
 
 

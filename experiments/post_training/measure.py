@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import jax  # noqa: E402
 
-from lmjax.aot import check  # noqa: E402
+from lmjax.memory_check import check  # noqa: E402
 from lmjax.data.chat import ChatTemplate  # noqa: E402
 from lmjax.generate import generate_texts  # noqa: E402
 from lmjax.models import lora  # noqa: E402

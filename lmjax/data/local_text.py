@@ -66,6 +66,8 @@ def resolve_paths(paths: str) -> list[Path]:
 # never does, or when at least this fraction of its characters cannot be decoded as UTF-8. Latin-1 or cp1252 text
 # read as UTF-8 stays far below it (a few accented letters per line); random bytes reach about one half.
 BINARY_UNDECODABLE_FRACTION = 0.25
+BINARY_SAMPLE_CHARS = 65536  # a streamed file is judged on its first this many characters (or all, if shorter)
+BINARY_MIN_CHARS = 64  # fewer characters are too few to judge by the fraction (a NUL byte still counts)
 
 
 def looks_binary(raw: bytes, text: str, offset: int = 0) -> str | None:
@@ -75,7 +77,7 @@ def looks_binary(raw: bytes, text: str, offset: int = 0) -> str | None:
   if first_nul >= 0:
     return f"{raw.count(bytes(1)):,} NUL bytes, the first at byte offset {offset + first_nul}"
   undecodable = text.count("\ufffd")
-  if text and undecodable >= BINARY_UNDECODABLE_FRACTION * len(text):
+  if len(text) >= BINARY_MIN_CHARS and undecodable >= BINARY_UNDECODABLE_FRACTION * len(text):
     return f"{undecodable / len(text):.0%} of its characters are not UTF-8"
   return None
 
@@ -191,9 +193,10 @@ def _documents_of_chunks(chunks: Iterator[str], document_split: str, pattern: re
 def read_chunks(path: Path, invalid_utf8: str, chunk_bytes: int = CHUNK_BYTES,
                 allow_binary: bool = False) -> Iterator[str]:
   """The text of a file, decoded piece by piece: never the whole file in memory. Unless allow_binary, each piece
-  is checked as read_text checks a whole file (a NUL byte anywhere, or a piece mostly undecodable)."""
+  is checked as read_text checks a whole file: a NUL byte anywhere, or too many undecodable characters in its
+  first BINARY_SAMPLE_CHARS characters (the whole file when it is shorter)."""
   decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if invalid_utf8 == "fail" else "replace")
-  offset = 0
+  offset = seen_chars = undecodable = 0
   try:
     f = open(path, "rb")  # pylint: disable=consider-using-with
   except OSError as e:
@@ -207,8 +210,16 @@ def read_chunks(path: Path, invalid_utf8: str, chunk_bytes: int = CHUNK_BYTES,
       except UnicodeDecodeError as e:
         raise DataError(f"data.invalid_utf8='fail': {path} is not valid UTF-8 at byte offset "
                         f"{offset - pending + e.start}; fix the file or set data.invalid_utf8='replace'") from None
-      if not allow_binary and (why := looks_binary(raw, text, offset)) is not None:
-        raise _binary_error(path, why)
+      if not allow_binary:
+        seen_chars += len(text)
+        undecodable += text.count("\ufffd")
+        if (first_nul := raw.find(b"\0")) >= 0:
+          raise _binary_error(path, f"NUL bytes, the first at byte offset {offset + first_nul}")
+        # The fraction is judged over the file so far, once there is enough of it (or at its end): a piece of a
+        # few bytes is no sample.
+        if (seen_chars >= BINARY_SAMPLE_CHARS or not raw) and seen_chars >= BINARY_MIN_CHARS and (
+            undecodable >= BINARY_UNDECODABLE_FRACTION * seen_chars):
+          raise _binary_error(path, f"{undecodable / seen_chars:.0%} of its characters are not UTF-8")
       offset += len(raw)
       if text:
         yield text

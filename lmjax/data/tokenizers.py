@@ -425,3 +425,21 @@ def build_tokenizer(kind: str, texts: Callable[[], Iterable[str]], directory: st
 
 # The kinds lmjax trains itself (imported kinds register from lmjax/hf/tokenizers.py).
 TOKENIZER_KINDS = tuple(name for name, entry in TOKENIZERS.items() if entry.trainable)
+
+
+def unknown_characters(tokenizer: Any, text: str) -> list[str]:
+  """The distinct characters of text that the tokenizer turns into <unk>, in order of appearance."""
+  if UNK_ID not in tokenizer.encode(text):
+    return []
+  return [c for c in dict.fromkeys(text) if UNK_ID in tokenizer.encode(c)]
+
+
+def unknown_character_warnings(tokenizer: Any, prompts: list[str]) -> list[str]:
+  """One warning line per prompt with characters the tokenizer lacks: the model sees <unk> there."""
+  lines = []
+  for n, prompt in enumerate(prompts):
+    if unknown := unknown_characters(tokenizer, prompt):
+      listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+      lines.append(f"warning: prompt {n + 1} has {len(unknown)} characters the {tokenizer.kind} tokenizer does not "
+                   f"know, which the model sees as <unk>: {listed}")
+  return lines
