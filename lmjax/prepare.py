@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,16 @@ import ml_collections
 
 from lmjax.data.tokenizers import Tokenizer, build_tokenizer
 from lmjax.registry import TASKS
+
+
+def adopt_tokenizer(source: Path, workdir: Path) -> None:
+  """Another run's saved tokenizer becomes this run's (unless it has one already), so token ids mean the same."""
+  target = Path(workdir) / "tokenizer"
+  if target.exists():
+    return
+  tmp = Path(workdir) / f".tokenizer.tmp{os.getpid()}"
+  shutil.copytree(source, tmp)
+  tmp.rename(target)
 
 
 def data_dir_of(config: ml_collections.ConfigDict, workdir: Path) -> Path:

@@ -24,7 +24,7 @@ from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.decode import generate, generate_without_cache, step_decoder
 from lmjax.models.base import FitResult
 from lmjax.optim import learning_rate_schedule
-from lmjax.prepare import data_dir_of, prepare_tokenizer
+from lmjax.prepare import adopt_tokenizer, data_dir_of, prepare_tokenizer
 from lmjax.preemption import Preempted, StopSignals
 from lmjax.profiling import StepProfiler
 from lmjax.registry import TASKS
@@ -221,6 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     check_config(config, workdir, has_checkpoint=has_checkpoints(workdir / "checkpoints"))
     if pretrained is not None:
       init_from.copy_tokenizer(pretrained, workdir)
+    elif (shared := task_class.shared_tokenizer(config)) is not None:
+      adopt_tokenizer(shared, workdir)
     tokenizer = prepare_tokenizer(config, workdir, task_class)
     return tokenizer, task_class.prepare_data(config, tokenizer, data_dir_of(config, workdir))
   tokenizer, data = _process_zero_first(prepare)

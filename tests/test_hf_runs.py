@@ -1,5 +1,6 @@
 """Imported Llama and T5 checkpoints are ordinary runs: a sharded checkpoint placed on 8 devices, `lmjax.aot`,
-`lmjax.generate --chat`, continued pretraining and classification fine-tuning from `finetune.init_from`."""
+`lmjax.generate --chat`, continued pretraining, classification fine-tuning from `finetune.init_from`, and
+distillation from an imported teacher."""
 
 import json
 import subprocess
@@ -17,6 +18,7 @@ from lmjax import init_from, train  # pylint: disable=wrong-import-position
 from lmjax.config import base_config  # pylint: disable=wrong-import-position
 from lmjax.hf.import_checkpoint import import_checkpoint  # pylint: disable=wrong-import-position
 from lmjax.saved_run import load_config, open_run  # pylint: disable=wrong-import-position
+from lmjax.writers import read_metrics  # pylint: disable=wrong-import-position
 from test_finetune import write_sentiment  # pylint: disable=wrong-import-position
 from test_hf import TRAINING_TEXT  # pylint: disable=wrong-import-position
 from test_hf_families import _llama_family  # pylint: disable=wrong-import-position
@@ -139,6 +141,24 @@ def test_continued_pretraining_and_last_token_classification(qwen_run, tmp_path)
   np.testing.assert_array_equal(params["decoder"]["embed"]["embedding"], np.asarray(saved["embed"]["embedding"]))
   final = train.train_and_evaluate(c, tmp_path / "cls")
   assert final["accuracy"] >= 0.9
+
+
+def test_a_student_distils_an_imported_teacher(qwen_run, tmp_path):
+  """distill_lm with an imported Qwen2 as the teacher: the student adopts the teacher's tokenizer (a kind lmjax
+  cannot train from data), and its distance to the teacher's distribution falls."""
+  c = load_config(qwen_run)  # the teacher's data, tokenizer kind and model family
+  c.task = "distill_lm"
+  c.model.num_layers = 1  # a smaller student of the same family
+  c.distill.update(teacher_workdir=str(qwen_run), alpha=1.0, temperature=1.0)
+  c.optim.update(learning_rate=3e-3, warmup_steps=2)
+  c.train.update(num_steps=30, steps_per_call=5, log_every=5, eval_every=30, checkpoint_every=30, eval_batches=1,
+                 batch_size=8, tensorboard=False, plot=False, num_samples=0)
+  student = tmp_path / "student"
+  train.train_and_evaluate(c, student)
+  for name in sorted(p.name for p in (qwen_run / "tokenizer").iterdir()):
+    assert (student / "tokenizer" / name).read_bytes() == (qwen_run / "tokenizer" / name).read_bytes(), name
+  rows = [r for r in read_metrics(student) if r["split"] == "train"]
+  assert rows[-1]["kd_loss"] < 0.8 * rows[0]["kd_loss"]
 
 
 @pytest.mark.slow

@@ -153,6 +153,13 @@ class Task(abc.ABC):
     return sources.iter_texts(config.data, config.data.train_split, data_dir)
 
   @classmethod
+  def shared_tokenizer(cls, config: ml_collections.ConfigDict) -> Path | None:
+    """A saved tokenizer directory this run must adopt (copied into its workdir before its tokenizer is built), or
+    None (the default): the run trains or loads its own."""
+    del config
+    return None
+
+  @classmethod
   @abc.abstractmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Any, data_dir: Path) -> TaskData:
     """Reads and encodes the run's data (caches go under data_dir)."""

@@ -41,7 +41,7 @@ from lmjax.distill.teacher import Teacher, check_tokenizer, open_teacher, parse_
 from lmjax.models import family
 from lmjax.models.base import ModelConfig
 from lmjax.models.vocab_head import token_stats
-from lmjax.registry import ATTENTION, MODELS, TASKS
+from lmjax.registry import ATTENTION, MODELS, TASKS, TOKENIZERS
 from lmjax.tasks.base import Batch, Task, TaskData, VocabInfo
 from lmjax.tasks.causal_lm import CausalLmTask
 from lmjax.tasks.classification import ClassificationTask
@@ -233,6 +233,19 @@ class DistillTask(Task):
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterable[str]:
     return cls.base_class.tokenizer_texts(config, data_dir)
+
+  @classmethod
+  def shared_tokenizer(cls, config: ml_collections.ConfigDict) -> Path | None:
+    """A kind that comes with a checkpoint (an imported teacher's hf_tokenizer, ...) cannot be trained from the
+    data: the student adopts the teacher's. Kinds lmjax trains are trained on the same data, with the same ids."""
+    k = config.distill
+    if k.teacher_workdir and not TOKENIZERS.get(config.tokenizer.kind).trainable:
+      shared = Path(k.teacher_workdir) / "tokenizer"
+      if not shared.is_dir():
+        raise ConfigError(f"config.distill.teacher_workdir={k.teacher_workdir!r} has no tokenizer/ for the student's "
+                          f"tokenizer.kind={config.tokenizer.kind!r} to share; give the teacher's run directory")
+      return shared
+    return None
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Any, data_dir: Path) -> DistillData:
