@@ -53,7 +53,6 @@ def test_profile_trace_compile_cache_and_switching_attention_on_resume(tmp_path)
   assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["attention_impl"] == "flash"
   compile_cache.enable("off")
   assert jax.config.jax_compilation_cache_dir is None
-  compile_cache.enable("auto")  # the session's cache again (tests/conftest.py), for the tests after this one
 
 
 @pytest.mark.parametrize("value", ["5", "4:2", "a:b", "-1:3"])
