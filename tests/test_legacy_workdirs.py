@@ -95,7 +95,7 @@ def start_resume(name: str, directory: Path) -> tuple[Path, subprocess.Popen, Pa
 
 @pytest.fixture(scope="module")
 def resumes(request, tmp_path_factory):
-  """name -> (workdir, process, log) for the resume tests selected in this session; each started on first need,
+  """name -> (workdir, process, log) for the resume tests selected in this pytest run; each started on first need,
   all of them at once unless pytest-xdist shares the tests out (a worker then starts only its own)."""
   started: dict[str, tuple[Path, subprocess.Popen, Path]] = {}
   root = tmp_path_factory.mktemp("legacy_resume")
