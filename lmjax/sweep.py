@@ -51,7 +51,8 @@ from ml_collections import config_flags
 from lmjax import console
 from lmjax.cli import describe_command, fail, parse_flags
 from lmjax.config import ConfigError, validate
-from lmjax.report import SEED_FIELDS, SELECTION_FILE, final_step, is_finished
+from lmjax.report import SELECTION_FILE
+from lmjax.report_runs import SEED_FIELDS, final_step, is_finished
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config and get_hyper, "
                                           "e.g. configs/sweep_example.py[:arg].", lock_config=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmjax import report
+from lmjax.registry import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,5 +308,5 @@ def test_every_axis_and_column_says_what_it_is(tmp_path, monkeypatch):
   assert "higher is better" in meanings["accuracy"] and "lower is better" in meanings["loss"]
   assert "loss (nats per example; squared error per example for a regression)" in labels
   from lmjax import writers
-  writers.plot_loss_curves(tmp_path / "cls", loss_unit=report.TASKS.get("qa").loss_unit)
+  writers.plot_loss_curves(tmp_path / "cls", loss_unit=TASKS.get("qa").loss_unit)
   assert labels[-1] == "loss (nats per window, mean of the start and end cross-entropies)"
