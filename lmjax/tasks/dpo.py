@@ -30,7 +30,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -49,7 +48,7 @@ from lmjax.models import family, lora
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, SamplePrompt, TaskData, VocabInfo
 from lmjax.tasks.causal_lm import BATCH_DTYPES, CausalLmTask
-from lmjax.tasks.sft import check_example_fields, split_records, template_of
+from lmjax.tasks.sft import ExampleRowsData, check_example_fields, split_records, template_of
 
 _REFERENCE = "dpo.reference_workdir"
 
@@ -101,25 +100,13 @@ def response_logps(model: Any, params: Any, batch: dict[str, jax.Array], *, dete
 
 
 @dataclasses.dataclass(frozen=True)
-class PairData(TaskData):
+class PairData(ExampleRowsData):
   """Each pair as two rows [N, 2, L] (chosen, rejected), padded, one pair per example."""
-  config: ml_collections.ConfigDict
-  train: Arrays
-  eval: Arrays
-  summary: str
-  prompts: tuple[SamplePrompt, ...] = ()
-
-  def train_dataset(self, process_index: int, process_count: int) -> grain.IterDataset:
-    return example_arrays.train_dataset(self.train, self.config.train.batch_size, self.config.data.shuffle_seed,
-                                        process_index, process_count)
 
   def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
     t = self.config.train
     return {"eval": example_arrays.eval_batches(self.eval, t.eval_batch_size or t.batch_size, 0, process_index,
                                                 process_count)}
-
-  def sample_prompts(self) -> list[SamplePrompt]:
-    return list(self.prompts)
 
 
 def encode_pairs(config: ml_collections.ConfigDict, found: list, tokenizer: Tokenizer,

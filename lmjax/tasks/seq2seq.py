@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -98,6 +98,27 @@ config_lib.register_section("seq2seq", FIELDS, _validate)
 
 SOURCE_KEYS, TARGET_KEYS = parallel.SOURCE_FIELDS, parallel.TARGET_FIELDS
 _FOREVER = 2**62  # batch indices of the endless training stream
+
+
+def pair_texts(config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
+  """Both sides of the train pairs, interleaved: a joint vocabulary for a shared embedding."""
+  for source, target in read_split_pairs(config, data_dir)["train"]:
+    yield source
+    yield target
+
+
+def prepare_pairs(config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path,
+                  encode: Callable[..., dict[str, np.ndarray]], train_keys: Collection[str] | None = None) -> Seq2seqData:
+  """Every split's pairs, read and encoded by `encode(pairs, tokenizer, source_len, target_len)`; the train arrays
+  keep only `train_keys` when given (what a train batch reads), the eval splits keep their raw pairs beside."""
+  s = config.seq2seq
+  splits = read_split_pairs(config, data_dir)
+  encoded = lambda pairs: encode(pairs, tokenizer, s.source_max_len, s.target_max_len)
+  train = encoded(splits["train"])
+  if train_keys is not None:
+    train = {k: v for k, v in train.items() if k in train_keys}
+  evals = {split: pairs for split, pairs in splits.items() if split != "train"}
+  return Seq2seqData(config, tokenizer, train, evals, {k: encoded(v) for k, v in evals.items()})
 
 
 def read_split_pairs(config: ml_collections.ConfigDict, data_dir: Path) -> dict[str, list[parallel.Pair]]:
@@ -292,18 +313,11 @@ class Seq2seqTask(Task):
 
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
-    """Both sides of the train pairs, interleaved: a joint vocabulary for a shared embedding."""
-    for source, target in read_split_pairs(config, data_dir)["train"]:
-      yield source
-      yield target
+    return pair_texts(config, data_dir)
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> Seq2seqData:
-    s = config.seq2seq
-    splits = read_split_pairs(config, data_dir)
-    encode = lambda pairs: parallel.encode_pairs(pairs, tokenizer, s.source_max_len, s.target_max_len)
-    evals = {("eval" if split == "eval" else split): pairs for split, pairs in splits.items() if split != "train"}
-    return Seq2seqData(config, tokenizer, encode(splits["train"]), evals, {k: encode(v) for k, v in evals.items()})
+    return prepare_pairs(config, tokenizer, data_dir, parallel.encode_pairs)
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo, data: TaskData | None = None) -> "Seq2seqTask":

@@ -30,7 +30,7 @@ from lmjax.models import family, model_config
 from lmjax.models.base import ModelConfig
 from lmjax.registry import MODELS, TASKS
 from lmjax.tasks.base import Task, TaskData, VocabInfo
-from lmjax.tasks.seq2seq import Seq2seqData, read_split_pairs
+from lmjax.tasks.seq2seq import Seq2seqData, pair_texts, prepare_pairs
 
 TRAIN_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
@@ -98,18 +98,11 @@ class Seq2seqLmTask(Task):
 
   @classmethod
   def tokenizer_texts(cls, config: ml_collections.ConfigDict, data_dir: Path) -> Iterator[str]:
-    for source, target in read_split_pairs(config, data_dir)["train"]:
-      yield source
-      yield target
+    return pair_texts(config, data_dir)
 
   @classmethod
   def prepare_data(cls, config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: Path) -> Seq2seqData:
-    s = config.seq2seq
-    splits = read_split_pairs(config, data_dir)
-    encode = lambda pairs: encode_rows(pairs, tokenizer, s.source_max_len, s.target_max_len)
-    evals = {split: pairs for split, pairs in splits.items() if split != "train"}
-    train = {k: v for k, v in encode(splits["train"]).items() if k in TRAIN_KEYS}
-    return Seq2seqData(config, tokenizer, train, evals, {k: encode(v) for k, v in evals.items()})
+    return prepare_pairs(config, tokenizer, data_dir, encode_rows, TRAIN_KEYS)
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, vocab: VocabInfo,

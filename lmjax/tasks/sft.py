@@ -79,8 +79,9 @@ def split_records(config: ml_collections.ConfigDict, which: str, data_dir: Path)
 
 
 @dataclasses.dataclass(frozen=True)
-class SftData(TaskData):
-  """Packed rows of the train and eval examples, and the held-out prompts answered at each eval."""
+class ExampleRowsData(TaskData):
+  """Rows of post-training examples (packed chats, or preference pairs): shuffled epochs of the train rows, and the
+  held-out prompts answered at each eval. Subclasses say how their eval rows are batched."""
   config: ml_collections.ConfigDict
   train: Arrays
   eval: Arrays
@@ -91,6 +92,14 @@ class SftData(TaskData):
     return example_arrays.train_dataset(self.train, self.config.train.batch_size, self.config.data.shuffle_seed,
                                         process_index, process_count)
 
+  def sample_prompts(self) -> list[SamplePrompt]:
+    return list(self.prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SftData(ExampleRowsData):
+  """Packed rows of the train and eval examples, and the held-out prompts answered at each eval."""
+
   def eval_sets(self, process_index: int, process_count: int) -> dict[str, list[Batch]]:
     t = self.config.train
     batches = example_arrays.eval_batches(self.eval, t.eval_batch_size or t.batch_size, 0, process_index,
@@ -99,9 +108,6 @@ class SftData(TaskData):
       index = batch.pop("index")
       batch["loss_mask"] = np.where((index >= 0)[:, None], batch["loss_mask"], 0.0).astype(np.float32)
     return {"eval": batches}
-
-  def sample_prompts(self) -> list[SamplePrompt]:
-    return list(self.prompts)
 
 
 def encode_split(config: ml_collections.ConfigDict, found: list[records.Record], template: ChatTemplate,
