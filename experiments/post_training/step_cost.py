@@ -6,56 +6,27 @@ DPO, timed alternately in one process (10 steps per call as in config.py; best o
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import train_call_timing  # pylint: disable=wrong-import-position
 
 
 def main() -> None:
-  import jax
-  from lmjax import programs, sharding
-  from lmjax.state import create_train_state
   runs, data = (sys.argv[1:] + ["runs/post", "data/post_training"])[:2]
-  spec = importlib.util.spec_from_file_location("post_config", Path(__file__).with_name("config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  calls = {}
-  for variant in (*module.SFT, *module.DPO):
-    config = module.get_config(f"{variant},{runs},{data}")
-    progs = programs.build_without_data(config, 263, devices=jax.devices()[:1])
-    with sharding.activate(progs.mesh, progs.rules):
-      if progs.frozen_shardings is not None:
-        progs = progs.with_frozen(progs.task.load_frozen(progs.frozen_shardings))
-      state = create_train_state(progs.model, progs.optimizer, config.seed, progs.task.init_args(),
-                                 progs.state_shardings)
-      shapes = progs.abstract_train_batches(config)
-      rng = np.random.default_rng(0)
-      batch = {k: (rng.integers(1, 263, s.shape) if s.dtype == np.int32 else np.ones(s.shape)).astype(s.dtype)
-               for k, s in shapes.items()}
-      batch = sharding.global_batch(batch, progs.mesh, progs.train_batch_spec)
-      state, _ = progs.train_fn(state, batch)
-      tokens = config.train.steps_per_call * config.train.batch_size * config.data.seq_len * (
-          2 if config.task == "dpo" else 1)
-      calls[variant] = [progs.train_fn, state, batch, float("inf"), tokens]
-  for _ in range(5):
-    for entry in calls.values():
-      fn, state, batch, best, _ = entry
-      start = time.perf_counter()
-      state, metrics = fn(state, batch)
-      jax.block_until_ready(metrics)
-      entry[1], entry[3] = state, min(best, time.perf_counter() - start)
+  module = train_call_timing.load_config_module(Path(__file__).with_name("config.py"))
+  configs = {v: module.get_config(f"{v},{runs},{data}") for v in (*module.SFT, *module.DPO)}
+  seconds = train_call_timing.best_call_seconds(configs, vocab_size=263)
   print("| train step of | ms/step | tokens/s | relative to full fine-tuning |\n|---|---|---|---|")
   for variants in (module.SFT, module.DPO):
-    base = calls[next(iter(variants))][3]
+    base = seconds[next(iter(variants))]
     for name in variants:
-      seconds, tokens = calls[name][3], calls[name][4]
-      print(f"| {name} | {100 * seconds:.1f} | {tokens / seconds:,.0f} | {seconds / base:.2f}x |")
+      c = configs[name]
+      tokens = c.train.steps_per_call * c.train.batch_size * c.data.seq_len * (2 if c.task == "dpo" else 1)
+      print(f"| {name} | {100 * seconds[name]:.1f} | {tokens / seconds[name]:,.0f} | {seconds[name] / base:.2f}x |")
 
 
 if __name__ == "__main__":
