@@ -1,19 +1,31 @@
 """Test-wide setup: CPU only, and 8 simulated devices so sharding tests can build real meshes."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Tests (and the runs they start) keep no persistent compilation cache (lmjax/compile_cache.py); a cache shared by
-# the session was measured to make the whole suite no faster (experiments/benchmarks/README.md).
-os.environ.setdefault("LMJAX_COMPILE_CACHE", "off")
+# One persistent compilation cache for the session (lmjax/compile_cache.py), made fresh by the first process that
+# loads this file and inherited by the xdist workers and the runs the tests start: many tests compile the same
+# small programs again (a resumed run, the straight run it is compared with). It never outlives the session, so
+# no test reads what an older checkout compiled.
+if "LMJAX_COMPILE_CACHE" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="lmjax-test-xla-")
+  os.environ["LMJAX_COMPILE_CACHE"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from lmjax import compile_cache  # pylint: disable=wrong-import-position
+
+compile_cache.enable("auto")  # in-process programs too, not only those that train_and_evaluate compiles
 
 
 def single_device_env(**extra: str) -> dict[str, str]:
