@@ -286,6 +286,28 @@ def test_batch_encoding_gives_the_ids_of_encoding_each_text(kind, tmp_path):
   assert sizes.tolist() == [len(s) + 2 for s in singles]
 
 
+def test_bpe_merges_each_distinct_word_once_and_keeps_sentencepieces_ids(tmp_path):
+  tok = build_tokenizer("bpe", lambda: DOCS, tmp_path / "bpe", vocab_size=300)
+  cache = tok._word_cache  # pylint: disable=protected-access
+  assert cache is not None and build_tokenizer("unigram", lambda: DOCS, tmp_path / "uni", vocab_size=300)._word_cache is None
+  merged = []
+  encode_words = cache._encode_words  # pylint: disable=protected-access
+  cache._encode_words = lambda words: merged.extend(words) or encode_words(words)  # pylint: disable=protected-access
+  rng = random.Random(0)
+  pieces = ["a", "b", "ab", "the", " ", "  ", "\n", "\t", "é", "日本", "\u2581", "\u00a0", "7", "42", ".", "\r\n"]
+  texts = ["", " ", "  ", " lead", "trail ", "a  b", *DOCS[:40],
+           *("".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(400))]
+  reference = [tok._sp.encode(t) for t in texts]  # pylint: disable=protected-access
+  for _ in range(2):
+    ids, lengths = tok.encode_batch(texts)
+    assert lengths.tolist() == [len(r) for r in reference]
+    np.testing.assert_array_equal(ids, np.concatenate([np.asarray(r, np.int32) for r in reference]))
+  assert len(merged) == len(set(merged)) > 0  # the second pass found every word in the cache
+  with_separator = ["x\x00y", "a b"]  # U+0000 joins documents inside the cache: such a batch is encoded whole
+  ids, lengths = tok.encode_batch(with_separator)
+  np.testing.assert_array_equal(ids, np.concatenate([tok.encode(t) for t in with_separator]))
+
+
 def test_classification_and_seq2seq_read_hf_records(tmp_path):
   from lmjax.tasks import classification, seq2seq  # pylint: disable=import-outside-toplevel
   rows = [{"sentence": f"text {i}", "label": ["neg", "pos"][i % 2],

@@ -23,6 +23,7 @@ import numpy as np
 import sentencepiece as spm
 
 from lmjax import config as config_lib
+from lmjax.data import sentencepiece_words
 from lmjax.registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>", "<sep>", "<cls>")
@@ -276,6 +277,8 @@ class SentencePieceTokenizer(Tokenizer):
     self._proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = self._sp.get_piece_size()
+    self._word_cache = (sentencepiece_words.WordCache(lambda words: self._sp.encode(words, num_threads=ENCODE_THREADS))
+                        if sentencepiece_words.splits_by_words(model_proto) else None)
     for i in range(NUM_SPECIAL):
       if not (self._sp.is_control(i) or self._sp.is_unknown(i)):
         raise ValueError(f"SentencePiece model: id {i} is {self._sp.id_to_piece(i)!r}, expected a special token")
@@ -291,6 +294,8 @@ class SentencePieceTokenizer(Tokenizer):
     return np.asarray(self._sp.encode(text), dtype=np.int32)
 
   def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    if self._word_cache is not None and (encoded := self._word_cache.encode_batch(texts)) is not None:
+      return encoded  # the same ids, each distinct word merged once
     # SentencePiece encodes a list on its own C++ threads; the ids are those of encoding each text alone.
     pieces = self._sp.encode(list(texts), num_threads=ENCODE_THREADS)
     lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
