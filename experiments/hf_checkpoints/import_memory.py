@@ -54,22 +54,40 @@ def write_checkpoint(d: Path, mb: float, shards: int) -> int:
   return layers
 
 
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def after(phases: dict[str, float], name: str, fn):
+  """fn, recording the process's peak RSS so far when it returns under phases[name]."""
+  def wrapped(*args, **kwargs):
+    out = fn(*args, **kwargs)
+    phases[name] = round(peak_rss_mib(), 1)
+    return out
+  return wrapped
+
+
 def child(hf_dir: str, workdir: str) -> None:
+  from lmjax import checkpoint
   from lmjax.config import base_config
+  from lmjax.hf import import_checkpoint as importer
   from lmjax.hf.files import CheckpointWeights
-  from lmjax.hf.import_checkpoint import import_checkpoint
   base = base_config()
   base.mesh.data, base.mesh.fsdp = 1, -1
   base.train.batch_size = 64
-  base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  result = import_checkpoint(hf_dir, workdir, base)
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  base_rss = peak_rss_mib()
+  phases: dict[str, float] = {}  # peak RSS when each phase ends (the peak is cumulative)
+  importer.load_params = after(phases, "peak_after_reading_mib", importer.load_params)
+  importer._train_state = after(phases, "peak_after_train_state_mib", importer._train_state)  # pylint: disable=protected-access
+  checkpoint.Checkpointer.save = after(phases, "peak_after_checkpoint_mib", checkpoint.Checkpointer.save)
+  result = importer.import_checkpoint(hf_dir, workdir, base)
+  peak = peak_rss_mib()
   weights = CheckpointWeights(Path(hf_dir))
   total = sum(p.stat().st_size for p in weights.files) / 2**20
   state = 3 * result.num_params * 4 / 2**20  # params + two Adam moments, float32, resident on the CPU "devices"
   print(json.dumps({"checkpoint_mib": round(total, 1), "largest_shard_mib": round(weights.largest_file_bytes / 2**20, 1),
                     "params": result.num_params, "baseline_rss_mib": round(base_rss, 1), "peak_rss_mib": round(peak, 1),
-                    "placed_state_mib": round(state, 1),
+                    "placed_state_mib": round(state, 1), **phases,
                     "peak_above_baseline_and_state_mib": round(peak - base_rss - state, 1)}))
 
 
