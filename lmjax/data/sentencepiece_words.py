@@ -16,7 +16,6 @@ import re
 from typing import Callable, Sequence
 
 import numpy as np
-from sentencepiece import sentencepiece_model_pb2
 
 # A document ends at "\x00", which the join below puts between documents: the separator is a word of its own.
 WORD = re.compile(r" *[^ \x00]+| +|\x00")
@@ -27,7 +26,11 @@ MAX_WORDS = 1 << 20
 
 
 def splits_by_words(model_proto: bytes) -> bool:
-  """Whether a model's ids are those of its words encoded one by one."""
+  """Whether a model's ids are those of its words encoded one by one (False where its spec cannot be read)."""
+  try:  # generated protobuf code: refuses to load under an older protobuf runtime (the Beam environment pins one)
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+  except Exception:  # pylint: disable=broad-except
+    return False  # SentencePiece's own encoder then: the same ids, only slower
   model = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
   t, n = model.trainer_spec, model.normalizer_spec
   return (t.model_type == sentencepiece_model_pb2.TrainerSpec.BPE and t.split_by_whitespace
