@@ -1,7 +1,8 @@
 r"""lmjax and nanoGPT trained with nanoGPT's CPU Shakespeare recipe, one after the other on the same machine.
 
   python experiments/nanogpt_shakespeare/benchmark.py --text=PATH/tinyshakespeare.txt \
-      --nanogpt_dir=PATH/nanoGPT --torch_python=PATH/bin/python [--peer] [--peer_compile] [--rounds=N]
+      --nanogpt_dir=PATH/nanoGPT --torch_python=PATH/bin/python [--nanogpt_compile] [--peer] [--peer_compile] \
+      [--rounds=N]
 
 Prints a markdown table: final validation loss, median milliseconds per training step (evaluation excluded),
 training tokens per second, and wall time. nanoGPT is not part of lmjax: pass a checkout of it and a Python
@@ -72,13 +73,13 @@ print(total / count)
 """
 
 
-def run_nanogpt(text: Path, nanogpt_dir: Path, python: str) -> dict:
+def run_nanogpt(text: Path, nanogpt_dir: Path, python: str, compile_model: bool = False) -> dict:
   data_dir = nanogpt_dir / "data" / "shakespeare_char"
   if not (data_dir / "val.bin").exists() or (data_dir / "input.txt").read_bytes() != text.read_bytes():
     shutil.copy(text, data_dir / "input.txt")  # prepare.py downloads only when input.txt is missing
     subprocess.run([python, "prepare.py"], check=True, cwd=data_dir)
   out_dir = tempfile.mkdtemp(prefix="nanogpt-out-")
-  cmd = [python, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+  cmd = [python, "train.py", "config/train_shakespeare_char.py", "--device=cpu", f"--compile={compile_model}", "--eval_iters=20",
          "--log_interval=1", "--always_save_checkpoint=True",
          f"--out_dir={out_dir}", *[f"--{k}={v}" for k, v in RECIPE.items()]]
   print("$", " ".join(cmd), flush=True)
@@ -90,7 +91,7 @@ def run_nanogpt(text: Path, nanogpt_dir: Path, python: str) -> dict:
   shutil.rmtree(out_dir, ignore_errors=True)
   times = step_times(log)  # iter 0 and eval iters include extra work
   val_loss = float(re.findall(r"val loss ([\d.]+)", log)[-1])
-  return {"system": "nanoGPT (PyTorch eager)", "val_loss": full_val_loss, "val_loss_20_batches": val_loss,
+  return {"system": f"nanoGPT ({'torch.compile' if compile_model else 'PyTorch eager'})", "val_loss": full_val_loss, "val_loss_20_batches": val_loss,
           "ms_per_step": statistics.median(times), "wall_s": wall}
 
 
@@ -123,6 +124,8 @@ def main() -> None:
   parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lmjax-nanogpt-benchmark")
   parser.add_argument("--data_dir", type=Path, default=Path(tempfile.gettempdir()) / "lmjax-nanogpt-benchmark-data",
                       help="lmjax's prepared data, kept between runs ('' to prepare inside the workdir each time)")
+  parser.add_argument("--nanogpt_compile", action="store_true",
+                      help="also run nanoGPT with --compile=True (needs a C++ compiler for torch.compile's CPU code)")
   parser.add_argument("--peer", action="store_true", help="also run torch_peer.py (PyTorch eager)")
   parser.add_argument("--peer_compile", action="store_true", help="also run torch_peer.py under torch.compile")
   parser.add_argument("--rounds", type=int, default=1)
@@ -136,6 +139,8 @@ def main() -> None:
     group = [run_lmjax(text, args.workdir, args.lmjax_flags, data_dir)]
     if args.nanogpt_dir:
       group.append(run_nanogpt(text, args.nanogpt_dir.resolve(), args.torch_python))
+      if args.nanogpt_compile:
+        group.append(run_nanogpt(text, args.nanogpt_dir.resolve(), args.torch_python, compile_model=True))
     if args.peer:
       group.append(run_peer(text, args.torch_python, False))
     if args.peer_compile:
