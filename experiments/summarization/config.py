@@ -5,7 +5,7 @@ source package). Both models read the same sentencepiece unigram tokens (2,000 i
 the description cut to 96 tokens and the synopsis to 24, and are trained for 1500 steps of 16 pairs (0.44 of an
 epoch) with label-smoothed cross-entropy on the synopsis tokens. The encoder-decoder (task='seq2seq') reads the
 description with a bidirectional encoder; the GPT (task='seq2seq_lm') reads `<bos> description <sep>` and
-continues with the synopsis. At steps 750 and 1500 both decode the first 500 pairs of the validation split
+continues with the synopsis. At the last step both decode the first 500 pairs of the validation split
 ('eval', chooses the learning rate) and of the test split ('test', reported) with beam search (4 beams, length
 penalty 0.6) and score ROUGE-1/2/L; the losses are over every pair of both splits.
 
@@ -56,7 +56,7 @@ def get_config(arg: str = ""):
   c.train.num_steps = 1500
   c.train.steps_per_call = 10
   c.train.log_every = 100
-  c.train.eval_every = 750
+  c.train.eval_every = 1500  # decoding 1,000 pairs by beam search is most of a run's eval cost: once, at the end
   c.train.checkpoint_every = 750
   c.train.keep_checkpoints = 1
   c.train.eval_batches = 0  # the loss over every validation and test pair; ROUGE over the first 500
@@ -78,6 +78,12 @@ LEARNING_RATES = [1e-3, 2e-3, 4e-3]
 def get_hyper(h):
   if h.arg == "tune":
     return h.product([h.tune(architectures(h), learning_rate=LEARNING_RATES), h.seeds(1)])
+  if h.arg not in ("final", "long"):
+    raise ValueError("give the phase: --config=experiments/summarization/config.py:tune (or :final, :long)")
+  # selection.json also lists the :long run's group; the 1500-step protocol's choices are those without it
+  chosen = [p for p in h.selected() if "train.num_steps" not in p]
   if h.arg == "final":
-    return h.product([h.selected(), h.seeds(3)])
-  raise ValueError("give the phase: --config=experiments/summarization/config.py:tune (or :final)")
+    return h.product([chosen, h.seeds(3)])
+  # long: the encoder-decoder's chosen rate for 4x the steps: does more training make it read?
+  encdec = [p for p in chosen if p["model.name"] == "encdec"]
+  return h.product([encdec, h.sweep("train.num_steps", [6000]), h.sweep("train.eval_every", [3000]), h.seeds(1)])
