@@ -32,8 +32,9 @@ LAYERS = (
                "lmjax.distill.losses", "lmjax.distill.offline", "lmjax.distill.student", "lmjax.distill.teacher")),
     ("programs", ("lmjax.step", "lmjax.programs", "lmjax.memory_check")),
     ("trainer", ("lmjax.train",)),
-    ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.report", "lmjax.report_runs",
-                  "lmjax.report_plots", "lmjax.report_html", "lmjax.evaluate", "lmjax.prepare_beam", "lmjax.exit_status",
+    ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.hyper", "lmjax.report",
+                  "lmjax.report_runs", "lmjax.report_plots", "lmjax.report_html", "lmjax.evaluate", "lmjax.prepare_beam",
+                  "lmjax.exit_status",
                   "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config",
                   "lmjax.distill.precompute")),
 )
