@@ -115,7 +115,7 @@ def choose_settings(groups: Sequence[Group], spec: str, tuned: Sequence[str]) ->
     families.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(g)
   chosen, entries, rows = [], [], []
   for key, candidates in families.items():
-    scored = [(g, g.summary(split, metric)) for g in candidates]
+    scored = _on_shared_seeds(candidates, split, metric)
     valid = [(g, s) for g, s in scored if s is not None]
     if not valid:
       continue
@@ -140,9 +140,24 @@ def choose_settings(groups: Sequence[Group], spec: str, tuned: Sequence[str]) ->
       rows.append([family_name, tuned_values or "(one setting: not tuned)", _mean_ci(s, g.deterministic), mark])
   record = {"metric": spec, "higher_is_better": higher, "tuned": list(tuned), "groups": entries}
   table = Table(f"Settings chosen on {spec}", ["setting", "tuned values", f"{spec} mean ± 95% CI [n]", "choice"],
-                rows, f"Each setting's {'highest' if higher else 'lowest'} mean {spec} over its seeds is chosen; "
-                "no other split is read for the choice.")
+                rows, f"Each setting's {'highest' if higher else 'lowest'} mean {spec} is chosen, over the seeds "
+                "that every candidate of the setting has (the tuning seeds: seeds added to the chosen one later "
+                "do not change the choice); no other split is read for the choice.")
   return Selection(spec, list(tuned), chosen, record, table)
+
+
+def _on_shared_seeds(candidates: Sequence[Group], split: str, metric: str) -> list[tuple[Group, stats.Summary | None]]:
+  """Each candidate's summary over the seeds all scored candidates share. Scored on all of its own seeds, a choice
+  would flip once the final sweep adds seeds to the winner: its new mean regresses towards the truth, while the
+  losers keep their lucky or unlucky single runs."""
+  finals = []
+  for g in candidates:
+    values = {r.seeds: r.final(split, metric) for r in g.runs}
+    finals.append({seeds: v for seeds, v in values.items() if v is not None and math.isfinite(v)})
+  present = [set(f) for f in finals if f]
+  shared = set.intersection(*present) if present else set()
+  return [(g, stats.summarize([v for seeds, v in f.items() if seeds in shared] if shared else list(f.values())))
+          for g, f in zip(candidates, finals)]
 
 
 def _split_metric(spec: str, flag: str) -> tuple[str, str]:

@@ -276,6 +276,21 @@ def test_selection_chooses_on_validation_and_never_reads_the_test_split(tuned, t
     report.choose_settings(groups, "eval/loss", [])
 
 
+def test_seeds_added_to_the_chosen_setting_do_not_change_the_choice(tmp_path):
+  """Tuned on seed 0, then the winner rerun under seeds 1 and 2 (as h.selected() x h.seeds(3) does): its mean over
+  three seeds is worse than the runner-up's single run, but the choice is made on the seed both share."""
+  root = tmp_path / "sw"
+  for lr, finals in ((0.002, (1.50, 1.60, 1.62)), (0.004, (1.52,))):
+    for seed, final in enumerate(finals):
+      write_run(root / f"lr={lr}/seed={seed}", {"seed": seed, "model": {"name": "gpt"},
+                                               "optim": {"learning_rate": lr}, "train": {"num_steps": 1}},
+                [evaluation(1, final)])
+  groups = report.make_groups(report.load_runs(root), ["optim.learning_rate", "seed"], {})
+  record = report.choose_settings(groups, "eval/loss", ["optim.learning_rate"]).record
+  assert record["groups"][0]["chosen"] == {"optim.learning_rate": 0.002}
+  assert [(c["n"], c["mean"]) for c in record["groups"][0]["candidates"]] == [(1, 1.50), (1, 1.52)]
+
+
 def test_matched_compute_reads_each_curve_where_all_have_spent_the_same_flops(tuned, tmp_path):
   run = report.Run("r", tmp_path, {}, [{"step": 10, "split": "train", "loss": 3.0, "flops_per_step": 2.0},
                                        evaluation(100, 2.0), evaluation(400, 1.0)], True, 400)
