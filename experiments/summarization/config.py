@@ -13,7 +13,9 @@ penalty 0.6) and score ROUGE-1/2/L; the losses are over every pair of both split
   python -m lmjax.sweep --config=experiments/summarization/config.py:tune --workdir=runs/summarization
   python -m lmjax.report runs/summarization --select=eval/rougeL
   python -m lmjax.sweep --config=experiments/summarization/config.py:final --workdir=runs/summarization
-  python -m lmjax.report runs/summarization --select=eval/rougeL --metric=rougeL --baseline=name=encdec
+  python -m lmjax.report runs/summarization --select=eval/rougeL --metric=rougeL \\
+      "--baseline=name=encdec,task=seq2seq,layers=2,lr=0.002"
+  python -m lmjax.sweep --config=experiments/summarization/config.py:long --workdir=runs/summarization
   python experiments/summarization/lead_baseline.py --examples=500     # the lead-sentence baseline's ROUGE
 """
 
