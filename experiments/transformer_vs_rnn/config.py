@@ -6,7 +6,7 @@ second half ('test', data.test_split='validation[50%:]') is reported and never u
 models have 0.25M parameters each (249-250 thousand) and train for 3000 steps of 16 windows (1.6 epochs); the
 n-gram models (orders 3, 5, 7) are counted in one pass and have no seed to vary.
 
-  # 1. tune: every neural model at three learning rates, seed 0 (FILE:tune)
+  # 1. tune: every neural model on its grid of learning rates (LEARNING_RATES), seed 0 (FILE:tune)
   python -m lmjax.sweep --config=experiments/transformer_vs_rnn/config.py:tune --workdir=runs/transformer_vs_rnn
   # 2. choose each model's learning rate on eval/bits_per_char; writes runs/transformer_vs_rnn/selection.json
   python -m lmjax.report runs/transformer_vs_rnn --select=eval/bits_per_char
