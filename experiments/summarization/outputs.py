@@ -20,7 +20,10 @@ def summarize(path: Path) -> dict:
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   counts = collections.Counter(r["hypothesis"] for r in rows)
   top, top_n = counts.most_common(1)[0]
-  copied = [w in set(r["source"].lower().split()) for r in rows for w in r["hypothesis"].lower().split()]
+  copied = []
+  for r in rows:
+    source = set(r["source"].lower().split())
+    copied += [w in source for w in r["hypothesis"].lower().split()]
   return {"pairs": len(rows), "distinct": len(counts), "top": top, "top_share": top_n / len(rows),
           "hyp_words": statistics.mean(len(r["hypothesis"].split()) for r in rows),
           "ref_words": statistics.mean(len(r["reference"].split()) for r in rows),
