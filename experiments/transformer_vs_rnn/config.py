@@ -15,6 +15,8 @@ n-gram models (orders 3, 5, 7) are counted in one pass and have no seed to vary.
   # 4. the report: each model's chosen setting, its test split, mean and 95% CI over the seeds, against the GPT
   python -m lmjax.report runs/transformer_vs_rnn --select=eval/bits_per_char --metric=bits_per_char \\
       --baseline=name=gpt
+  # 5. each chosen rate for 4x the steps (LONG_STEPS), seed 0: do the curves flatten, does the order hold?
+  python -m lmjax.sweep --config=experiments/transformer_vs_rnn/config.py:long --workdir=runs/transformer_vs_rnn
 """
 
 from lmjax.config import base_config
@@ -74,6 +76,7 @@ def architectures(h):
 # chose its top rate; they grew upward until no model's choice sat on the edge of its own grid.
 _GRID = [1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2]
 LEARNING_RATES = {"ffnn": _GRID + [4.8e-2], "lstm": _GRID + [4.8e-2], "gpt": _GRID}
+LONG_STEPS = 12000
 
 
 def get_hyper(h):
@@ -84,7 +87,12 @@ def get_hyper(h):
     return h.product([tuned, h.seeds(1)])
   if h.arg == "ngrams":  # counted in seconds, with nothing to tune or seed; also part of the final sweep
     return ngrams
+  if h.arg not in ("final", "long"):
+    raise ValueError("give the phase: --config=experiments/transformer_vs_rnn/config.py:tune "
+                     "(or :ngrams, :final, :long)")
+  # selection.json lists the n-grams and the :long runs' groups too; the 3000-step choices are the rest
+  neural = [p for p in h.selected() if p["model.name"] != "ngram" and "train.num_steps" not in p]
   if h.arg == "final":
-    neural = [p for p in h.selected() if p["model.name"] != "ngram"]  # selection.json lists the n-grams too
     return h.product([neural, h.seeds(3)]) + ngrams
-  raise ValueError("give the phase: --config=experiments/transformer_vs_rnn/config.py:tune (or :ngrams, :final)")
+  # long: each model's chosen rate for 4x the steps (6.4 epochs), seed 0: do the curves flatten, does the order hold?
+  return h.product([neural, h.sweep("train.num_steps", [LONG_STEPS]), h.seeds(1)])
