@@ -22,8 +22,9 @@ if "xla_force_host_platform_device_count" not in flags:
 # The suite's programs are tiny and compiled once or twice each, so LLVM's optimization passes cost more than the
 # speed they buy: without them the suite takes about a quarter less time. The tests compare runs made under the same
 # flags, and references with tolerances, so no result depends on the backend's optimization level.
+_UNOPTIMIZED = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in flags:
-  flags = f"{flags} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  flags = f"{flags} {_UNOPTIMIZED}"
 os.environ["XLA_FLAGS"] = flags.strip()
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,10 +35,13 @@ from lmjax import compile_cache  # pylint: disable=wrong-import-position
 compile_cache.enable("auto")  # in-process programs too, not only those that train_and_evaluate compiles
 
 
-def single_device_env(**extra: str) -> dict[str, str]:
+def single_device_env(optimize: bool = False, **extra: str) -> dict[str, str]:
   """The environment for a training subprocess that tests one process's behaviour (signals, restarts, CLI errors):
-  one CPU device, since 8 simulated devices on a 2-core machine only make each step slower."""
+  one CPU device, since 8 simulated devices on a 2-core machine only make each step slower. `optimize` gives LLVM
+  its passes back, for a run of hundreds of steps, whose time goes to running the program rather than compiling it."""
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  if optimize:
+    flags = flags.replace(_UNOPTIMIZED, "")
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip(),
               **extra)
 

@@ -52,7 +52,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_matches(corpus, tmp_p
            "--config.train.eval_every=600", "--config.train.num_samples=0", "--config.model.dropout=0.1"]
   cmd = [sys.executable, "-m", "lmjax.main", *flags]
   stopped = tmp_path / "stopped"
-  env = single_device_env()
+  env = single_device_env(optimize=True)  # 600 steps, run about twice
   proc = subprocess.Popen([*cmd, f"--workdir={stopped}"], cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
   metrics = stopped / "metrics.jsonl"
   deadline = time.time() + 120

@@ -326,7 +326,8 @@ def reverse_run(tmp_path_factory):
   workdir = root / "run"
   cmd = [sys.executable, "-m", "lmjax.main", f"--config=configs/seq2seq_tiny.py:{root / 'pairs.tsv'}",
          f"--workdir={workdir}"]
-  result = subprocess.run(cmd, cwd=REPO, env=single_device_env(), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(cmd, cwd=REPO, env=single_device_env(optimize=True), capture_output=True, text=True,
+                          timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
