@@ -20,7 +20,7 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   flags = f"{flags} --xla_force_host_platform_device_count=8"
 # The suite's programs are tiny and compiled once or twice each, so LLVM's optimization passes cost more than the
-# speed they buy: without them the suite takes about a quarter less time. The tests compare runs made under the same
+# speed they buy: without them the suite takes about a sixth less time. The tests compare runs made under the same
 # flags, and references with tolerances, so no result depends on the backend's optimization level.
 _UNOPTIMIZED = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in flags:
