@@ -79,7 +79,8 @@ def run_training(config, workdir: str) -> None:
   """Validates, joins the other processes, claims the workdir, trains; raises what went wrong."""
   # pylint: disable=import-outside-toplevel
   from lmjax import distributed, train
-  from lmjax.config import ConfigError, validate
+  from lmjax.config import ConfigError
+  from lmjax.config_validation import validate
   from lmjax.workdir import FreshStart
   from lmjax.workdir_lock import WorkdirLock
   validate(config)  # bad fields fail before anything exists

@@ -8,7 +8,7 @@ import time
 import jax
 
 from lmjax import programs, sharding
-from lmjax.config import validate
+from lmjax.config_validation import validate
 from lmjax.state import count_params
 
 GIB = 1024**3

@@ -17,7 +17,8 @@ from ml_collections import config_flags
 
 from lmjax import console
 from lmjax.cli import describe_command, fail, parse_flags
-from lmjax.config import ConfigError, validate
+from lmjax.config import ConfigError
+from lmjax.config_validation import validate
 from lmjax.data import beam
 from lmjax.prepare import data_dir_of, prepare_tokenizer
 

@@ -74,7 +74,8 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   """The run's config.json on top of today's defaults (fields added to lmjax after the run started take their
   defaults), validated."""
-  from lmjax.config import ConfigError, base_config, flatten, validate  # pylint: disable=import-outside-toplevel
+  from lmjax.config import ConfigError, base_config, flatten  # pylint: disable=import-outside-toplevel
+  from lmjax.config_validation import validate  # pylint: disable=import-outside-toplevel
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise RunError(f"{workdir}: no such directory; give the workdir of a trained run")

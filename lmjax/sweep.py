@@ -46,7 +46,8 @@ from ml_collections import config_flags
 
 from lmjax import console
 from lmjax.cli import describe_command, fail, parse_flags
-from lmjax.config import ConfigError, validate
+from lmjax.config import ConfigError
+from lmjax.config_validation import validate
 from lmjax.hyper import Hyper, HyperError, Point, flag_value, plain_value, point_name, split_replicate
 from lmjax.report_runs import SEED_FIELDS, final_step, is_finished
 

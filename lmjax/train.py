@@ -19,7 +19,8 @@ from jax.experimental import multihost_utils
 from lmjax import metrics as metrics_lib
 from lmjax import compile_cache, init_from, programs, provenance, sharding, writers
 from lmjax.checkpoint import Checkpointer, has_checkpoints
-from lmjax.config import ConfigError, validate
+from lmjax.config import ConfigError
+from lmjax.config_validation import validate
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.decode import generate, generate_without_cache, step_decoder
 from lmjax.models.base import FitResult

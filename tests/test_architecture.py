@@ -11,14 +11,16 @@ import pytest
 
 import lmjax
 from lmjax import registry
-from lmjax.config import base_config, validate
+from lmjax.config import base_config
+from lmjax.config_validation import validate
 
 PACKAGE = Path(lmjax.__file__).resolve().parent
 
 # Lowest first. A module may import modules of its own layer or of lower ones, never of a higher one. The package
 # itself (lmjax/__init__.py) is the facade that imports the registries' built-in entries, and stands above all.
 LAYERS = (
-    ("base", ("lmjax.registry", "lmjax.config", "lmjax.metrics", "lmjax.text_metrics", "lmjax.finetune_metrics",
+    ("base", ("lmjax.registry", "lmjax.config", "lmjax.config_mixture", "lmjax.config_validation",
+              "lmjax.metrics", "lmjax.text_metrics", "lmjax.finetune_metrics",
               "lmjax.preemption", "lmjax.distributed", "lmjax.writers", "lmjax.console", "lmjax.cli",
               "lmjax.eval_results", "lmjax.stats", "lmjax.provenance", "lmjax.failures")),
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),

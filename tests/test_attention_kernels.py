@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from lmjax import programs, sharding
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+from lmjax.config_validation import validate
 from lmjax.models import kernels
 from lmjax.models.attention import attention_mask, choose_kernel, reference_attention
 from lmjax.models.kernels import auto

@@ -12,7 +12,8 @@ from flax import linen as nn
 from configs import bert_base, bert_tiny
 from lmjax import prepare, programs, sharding, train
 from lmjax.checkpoint import load_saved_state
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+from lmjax.config_validation import validate
 from lmjax.models import model_config
 from lmjax.data import mlm_pairs
 from lmjax.data.tokenizers import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, UNK_ID

@@ -9,7 +9,9 @@ import optax
 import pytest
 from flax import linen as nn
 
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+
+from lmjax.config_validation import validate
 from lmjax.distill import losses
 from lmjax.models.vocab_head import Hidden, VocabHead, token_stats
 from lmjax.registry import TASKS

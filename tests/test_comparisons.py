@@ -14,7 +14,8 @@ from flax.core import meta
 
 from configs import tiny
 from lmjax import provenance, train, workdir as workdir_lib
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+from lmjax.config_validation import validate
 from lmjax.data import sources
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, SEP_ID, CharTokenizer
 from lmjax.models import model_config

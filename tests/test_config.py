@@ -8,7 +8,9 @@ import ml_collections
 import jax.numpy as jnp
 import pytest
 
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+
+from lmjax.config_validation import validate
 from lmjax.models import model_config
 from lmjax.models import build_model
 

@@ -13,7 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+
+from lmjax.config_validation import validate
 from lmjax.data import local_text, mixture, pipeline, sources, streaming
 from lmjax.data.local_text import DataError
 from lmjax.data.tokenizers import CharTokenizer, build_tokenizer

@@ -22,7 +22,8 @@ from conftest import single_device_env  # noqa: E402  (first: it puts the reposi
 from configs import bert_tiny, tiny  # noqa: E402
 from lmjax import prepare, programs, sharding, train  # noqa: E402
 from lmjax.checkpoint import load_saved_state  # noqa: E402
-from lmjax.config import ConfigError, base_config, flatten, validate  # noqa: E402
+from lmjax.config import ConfigError, base_config, flatten  # noqa: E402
+from lmjax.config_validation import validate  # noqa: E402
 from lmjax.distill import layers as layer_init  # noqa: E402
 from lmjax.distill import losses  # noqa: E402
 from lmjax.distill.heads import CausalLmHeads  # noqa: E402

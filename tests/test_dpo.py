@@ -14,7 +14,8 @@ import pytest
 
 from conftest import REPO, single_device_env
 from configs import tiny
-from lmjax.config import ConfigError, base_config, flatten, validate
+from lmjax.config import ConfigError, base_config, flatten
+from lmjax.config_validation import validate
 from lmjax.data.chat import ChatTemplate
 from lmjax.data.local_text import DataError
 from lmjax.data.records import Record

@@ -25,7 +25,8 @@ from lm_eval.tasks import TaskManager  # pylint: disable=wrong-import-position
 
 from conftest import REPO, single_device_env  # pylint: disable=wrong-import-position
 from lmjax import eval_results, harness, report, sweep  # pylint: disable=wrong-import-position
-from lmjax.config import ConfigError, base_config, validate  # pylint: disable=wrong-import-position
+from lmjax.config import ConfigError, base_config  # pylint: disable=wrong-import-position
+from lmjax.config_validation import validate  # pylint: disable=wrong-import-position
 from lmjax.data.tokenizers import BOS_ID, ByteTokenizer  # pylint: disable=wrong-import-position
 from lmjax.models import model_config  # pylint: disable=wrong-import-position
 from lmjax.scoring import Scorer, perplexity, strided_rows  # pylint: disable=wrong-import-position

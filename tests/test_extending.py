@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent("""
     import lmjax
     import kerple, gru, smoothed_lm
     from lmjax import train, writers
-    from lmjax.config import ConfigError, base_config, validate
+    from lmjax.config import ConfigError, base_config
+    from lmjax.config_validation import validate
     from lmjax.models import model_config
     from lmjax.registry import MODELS, POSITIONS, TASKS
 

@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO, single_device_env
 from configs import tiny
 from lmjax import programs, sharding
-from lmjax.config import ConfigError, base_config, flatten, validate
+from lmjax.config import ConfigError, base_config, flatten
+from lmjax.config_validation import validate
 from lmjax.models import lora
 from lmjax.registry import TASKS
 from lmjax.state import create_train_state, strip_boxes

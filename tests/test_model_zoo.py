@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+
+from lmjax.config_validation import validate
 from lmjax.models import model_config
 from lmjax.models import build_model
 from lmjax.models.attention import attention_mask, fused_attention, reference_attention

@@ -8,7 +8,8 @@ import pytest
 
 from configs import tiny
 from lmjax import compile_cache, train
-from lmjax.config import ConfigError, validate
+from lmjax.config import ConfigError
+from lmjax.config_validation import validate
 from lmjax.writers import read_metrics
 
 TEXT = "".join(f"Line {i}: a small corpus for a small model, {'odd' if i % 2 else 'even'} line.\n\n" for i in range(200))

@@ -19,7 +19,8 @@ from etils import epath
 
 from conftest import single_device_env
 from lmjax import decode, text_metrics
-from lmjax.config import ConfigError, base_config, validate
+from lmjax.config import ConfigError, base_config
+from lmjax.config_validation import validate
 from lmjax.models import model_config
 from lmjax.data import parallel
 from lmjax.data.local_text import DataError

@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from configs import tiny
-from lmjax.config import ConfigError, validate
+from lmjax.config import ConfigError
+from lmjax.config_validation import validate
 from lmjax.data import chat_examples, packing
 from lmjax.data.chat import ChatTemplate
 from lmjax.data.local_text import DataError

@@ -59,7 +59,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from lmjax import programs, sharding  # noqa: E402
-from lmjax.config import validate  # noqa: E402
+from lmjax.config_validation import validate  # noqa: E402
 from lmjax.models import model_config  # noqa: E402
 from lmjax.data.tokenizers import NUM_SPECIAL  # noqa: E402
 from lmjax.state import count_params, create_train_state  # noqa: E402

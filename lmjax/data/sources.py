@@ -34,6 +34,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from lmjax import config as config_lib
+from lmjax import config_mixture
 from lmjax.data import local_text
 from lmjax.data.local_text import DataError
 from lmjax.registry import SOURCES
@@ -285,9 +286,9 @@ def named_sources(data_cfg: ml_collections.ConfigDict) -> list[tuple[str, float,
   normalized, or the one source of the data section, named after its kind, with weight 1."""
   if not data_cfg.get("mixture", "").strip():
     return [(data_cfg.source, 1.0, data_cfg)]
-  entries = config_lib.parse_mixture(data_cfg.mixture)
+  entries = config_mixture.parse_mixture(data_cfg.mixture)
   total = sum(e.weight for e in entries)
-  return [(e.name, e.weight / total, config_lib.mixture_entry_data(data_cfg, e)) for e in entries]
+  return [(e.name, e.weight / total, config_mixture.mixture_entry_data(data_cfg, e)) for e in entries]
 
 
 def iter_records(data_cfg: ml_collections.ConfigDict, split: str, data_dir: str | os.PathLike,

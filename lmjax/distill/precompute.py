@@ -24,7 +24,8 @@ from ml_collections import config_flags
 
 from lmjax import console, prepare
 from lmjax.cli import describe_command, fail, parse_flags
-from lmjax.config import ConfigError, validate
+from lmjax.config import ConfigError
+from lmjax.config_validation import validate
 from lmjax.distill import offline
 from lmjax.distill.heads import HEADS
 from lmjax.distill.teacher import check_tokenizer, open_teacher, restore_params

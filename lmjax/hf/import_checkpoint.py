@@ -45,7 +45,8 @@ def derive_config(hf: dict[str, Any], hf_dir: Path, tokenizer: Any, base: Any = 
   tokenizer kind replaced, and the task set to the model's pretraining objective unless `base` trains this model.
   model.logit_mask lists the lmjax specials the checkpoint's vocabulary lacks, so that the model's distribution is
   the checkpoint's own."""
-  from lmjax.config import base_config, validate  # pylint: disable=import-outside-toplevel
+  from lmjax.config import base_config  # pylint: disable=import-outside-toplevel
+  from lmjax.config_validation import validate  # pylint: disable=import-outside-toplevel
   from lmjax.models import logit_mask  # pylint: disable=import-outside-toplevel
   from lmjax.registry import MODELS, TASKS  # pylint: disable=import-outside-toplevel
   arch = for_hf_config(hf, hf_dir / CONFIG_FILE)

@@ -162,7 +162,7 @@ class TransformerConfig(ModelConfig):
                                              f"needs",
                 "it has no attention dropout": f"it has no attention dropout (model.attention_dropout="
                                                f"{m.attention_dropout})"}.get(why, why)
-      ran = f" (which runs 'ring' here)" if kernel.name != m.attention_impl else ""
+      ran = " (which runs 'ring' here)" if kernel.name != m.attention_impl else ""
       config_lib.fail("model.attention_impl", m.attention_impl, f"{reason}{ran}; choose one of "
                       f"{', '.join(able) or 'none: change the model'}")
 

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from lmjax import config as config_lib
+from lmjax import config_mixture
 from lmjax.data import mixture, mlm_pairs, sources
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.models import model_config
@@ -44,7 +45,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
                     f"exceeds 1; the rest of the predicted tokens are kept, so the two must sum to at most 1 (BERT: "
                     f"0.8 and 0.1)")
   config_lib.at_least(cfg, "mlm.max_predictions", 0)
-  entries = config_lib.parse_mixture(cfg.data.mixture) if cfg.data.mixture.strip() else []
+  entries = config_mixture.parse_mixture(cfg.data.mixture) if cfg.data.mixture.strip() else []
   if cfg.data.hf_streaming or any(e.overrides.get("hf_streaming", False) for e in entries):
     config_lib.fail("data.hf_streaming", True, "task='mlm' draws sentence pairs from anywhere in the split, so it "
                     "reads a prepared split: set data.hf_streaming=False (the split is then downloaded and cached)")

@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from lmjax.config import base_config, validate
+from lmjax.config import base_config
+
+from lmjax.config_validation import validate
 from lmjax.data import beam, pipeline, sources
 from lmjax.data.tokenizers import build_tokenizer
 
