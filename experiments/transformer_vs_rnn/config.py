@@ -95,5 +95,5 @@ def get_hyper(h):
   if h.arg == "final":
     return h.product([neural, h.seeds(3)]) + ngrams
   # long: each model's chosen rate for 4x the steps (6.4 epochs): do the curves flatten, does the order hold?
-  # The README reports the seeds that have run; rerunning the phase runs the rest (finished points are skipped).
+  # The README reports all three seeds; rerunning the phase skips the finished points.
   return h.product([neural, h.sweep("train.num_steps", [LONG_STEPS]), h.seeds(3)])
