@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -201,17 +201,21 @@ def score_predictions(predict_fn, params: Any, batches: list[dict[str, jax.Array
   return data.score(split, index_N[real], {k: v[real] for k, v in merged.items()}, step=step, out_dir=out_dir)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-                       stop_at: int | None = None) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, stop_at: int | None = None,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
   """Trains config.train.num_steps steps (resuming from workdir's latest checkpoint) and returns eval metrics.
 
   `stop_at` ends this process's share of the run early, after saving a checkpoint at that step, the way a
-  preempted job would; rerunning continues to num_steps.
+  preempted job would; rerunning continues to num_steps. `devices` are the devices the mesh spans (default:
+  every device of the job); a subset, in a single-process job, lets a notebook on a multi-GPU host train on one.
   """
   validate(config)
+  if devices is not None and jax.process_count() > 1:
+    raise ValueError("train_and_evaluate(devices=...) is for single-process jobs; a multi-process job spans every "
+                     "device (choose the mesh's shape with config.mesh)")
   compile_cache.enable(config.train.compile_cache)
   # The mesh is built once and checked against the devices before any data is read or anything compiles.
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_fits(config, mesh, sharding.logical_rules(config.mesh))
   pretrained = init_from.check(config)  # a fine-tune's pretraining run: checked before the workdir is touched
   workdir = Path(workdir)

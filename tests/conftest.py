@@ -1,8 +1,10 @@
 """Test-wide setup: CPU only, and 8 simulated devices so sharding tests can build real meshes."""
 
 import atexit
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,9 +32,15 @@ os.environ["XLA_FLAGS"] = flags.strip()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import jax  # pylint: disable=wrong-import-position
+
 from lmjax import compile_cache  # pylint: disable=wrong-import-position
 
 compile_cache.enable("auto")  # in-process programs too, not only those that train_and_evaluate compiles
+
+# What in-process training runs pass as train_and_evaluate(devices=...), unless they test sharding: on a 2-core
+# machine, 8 simulated devices only make each step slower (a fifth of a fine-tuning test's time).
+ONE_DEVICE = jax.devices()[:1]
 
 
 def single_device_env(optimize: bool = False, **extra: str) -> dict[str, str]:
@@ -44,6 +52,26 @@ def single_device_env(optimize: bool = False, **extra: str) -> dict[str, str]:
     flags = flags.replace(_UNOPTIMIZED, "")
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip(),
               **extra)
+
+
+_TRAIN_AND_REPORT = """
+import json, sys
+import ml_collections
+from lmjax import train
+final = train.train_and_evaluate(ml_collections.ConfigDict(json.loads(sys.argv[1])), sys.argv[2])
+print(json.dumps({k: float(v) for k, v in final.items()}))
+"""
+
+
+def train_in_subprocess(config, workdir, *, timeout: int = 600) -> dict[str, float]:
+  """`train.train_and_evaluate(config, workdir)` in a one-device process with LLVM's passes back; returns the
+  final evaluation. For a test's run of hundreds of steps: in-process, on 8 simulated devices and unoptimized
+  code, such a run spends its time executing, not compiling, and takes up to twice as long."""
+  result = subprocess.run([sys.executable, "-c", _TRAIN_AND_REPORT, json.dumps(config.to_dict()), str(workdir)],
+                          cwd=REPO, env=single_device_env(optimize=True), capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def pytest_configure(config):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from conftest import ONE_DEVICE
 from configs import tiny
 from lmjax import train
 from lmjax.models import model_config
@@ -230,7 +231,7 @@ def test_neural_baselines_train(fox_corpus, tmp_path, name):
   config.model.init_std = 1.0  # as in configs/ffnn.py and configs/lstm.py
   config.optim.learning_rate = 1e-2
   config.train.update(num_steps=40, log_every=10, eval_every=40, checkpoint_every=40)
-  final = train.train_and_evaluate(config, tmp_path)
+  final = train.train_and_evaluate(config, tmp_path, devices=ONE_DEVICE)
   records = read_metrics(tmp_path)
   losses = [r["loss"] for r in records if r["split"] == "train"]
   assert losses[-1] < 0.7 * losses[0]
@@ -246,7 +247,7 @@ def test_ngram_end_to_end_and_higher_orders_help(bible_corpus, tmp_path):
     config.model.ngram_order = order
     config.train.eval_batches = 0  # the whole validation split
     workdir = tmp_path / str(order)
-    results[order] = train.train_and_evaluate(config, workdir)
+    results[order] = train.train_and_evaluate(config, workdir, devices=ONE_DEVICE)
     records = read_metrics(workdir)
     assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (1, "eval")]
     assert records[1]["loss"] == pytest.approx(results[order]["loss"])
@@ -265,7 +266,7 @@ def test_ngram_end_to_end_and_higher_orders_help(bible_corpus, tmp_path):
 def test_ngram_rerun_replaces_its_record(fox_corpus, tmp_path):
   config = files_config(fox_corpus, "ngram")
   config.model.ngram_order = 3
-  first = train.train_and_evaluate(config, tmp_path)
-  second = train.train_and_evaluate(config, tmp_path)
+  first = train.train_and_evaluate(config, tmp_path, devices=ONE_DEVICE)
+  second = train.train_and_evaluate(config, tmp_path, devices=ONE_DEVICE)
   assert first == second
   assert len(read_metrics(tmp_path)) == 2

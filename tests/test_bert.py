@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from conftest import ONE_DEVICE, train_in_subprocess
 from configs import bert_base, bert_tiny
 from lmjax import prepare, programs, sharding, train
 from lmjax.checkpoint import load_saved_state
@@ -371,7 +372,7 @@ def test_mlm_and_nsp_learn_through_train_and_evaluate(corpus, tmp_path):
   a model that only learned token frequencies sits at that baseline, as this one does for its first ~100 steps;
   it reaches ~2.6x by step 600. NSP: chance is 0.5, the language cue allows ~0.88, it reaches ~0.9."""
   config = tiny_mlm_config(corpus)
-  final = train.train_and_evaluate(config, tmp_path)
+  final = train_in_subprocess(config, tmp_path)
   tokenizer = prepare.prepare_tokenizer(config, tmp_path)
   data = MlmTask.prepare_data(config, tokenizer, prepare.data_dir_of(config, tmp_path))
   targets = np.concatenate([b["mlm_targets"][b["mlm_weights"] > 0] for b in data.eval_sets(0, 1)["eval"]])
@@ -393,9 +394,9 @@ def test_mlm_run_resumes_to_identical_parameters(corpus, tmp_path):
                            eval_batches=1, async_checkpoints=False, plot=False)
   config.model.update(num_layers=1, d_model=32, mlp_dim=64, dropout=0.1)  # the RNG must be restored too
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  train.train_and_evaluate(config, straight)
-  train.train_and_evaluate(config, resumed, stop_at=3)
-  train.train_and_evaluate(config, resumed)
+  train.train_and_evaluate(config, straight, devices=ONE_DEVICE)
+  train.train_and_evaluate(config, resumed, stop_at=3, devices=ONE_DEVICE)
+  train.train_and_evaluate(config, resumed, devices=ONE_DEVICE)
   a, b = (load_saved_state(Path(w) / "checkpoints")["params"] for w in (straight, resumed))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)

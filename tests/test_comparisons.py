@@ -13,6 +13,7 @@ import pytest
 from flax.core import meta
 
 from configs import tiny
+from conftest import ONE_DEVICE
 from lmjax import provenance, train, workdir as workdir_lib
 from lmjax.config import ConfigError, base_config
 from lmjax.config_validation import validate
@@ -85,9 +86,10 @@ def tracked_run(tmp_path_factory):
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_SILENT", "true")
     mp.setenv("WANDB_DIR", str(workdir))
-    train.train_and_evaluate(c, workdir)
+    train.train_and_evaluate(c, workdir, devices=ONE_DEVICE)
     first_id = (workdir / "wandb_run_id").read_text()
-    train.train_and_evaluate(c, workdir)  # finished: evaluates, writes config.json again, resumes the W&B run
+    # finished: evaluates, writes config.json again, resumes the W&B run
+    train.train_and_evaluate(c, workdir, devices=ONE_DEVICE)
   return c, workdir, first_id
 
 
@@ -182,7 +184,7 @@ def test_a_gpt_learns_a_transduction_as_seq2seq_lm(tmp_path):
   c.seq2seq.source_max_len, c.seq2seq.target_max_len, c.seq2seq.metrics = 10, 10, "rouge,chrf"
   c.seq2seq.eval_decode_examples, c.train.num_steps, c.train.eval_every = 16, 300, 150
   c.train.checkpoint_every, c.train.steps_per_call = 300, 50
-  train.train_and_evaluate(c, tmp_path / "run")
+  train.train_and_evaluate(c, tmp_path / "run", devices=ONE_DEVICE)
   evals = [r for r in records(tmp_path / "run") if r["split"] == "eval"]
   assert evals[-1]["nll"] < 0.5 * evals[0]["nll"] and evals[-1]["decoded"] == 16
   assert evals[-1]["chrf"] > 50, evals[-1]

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import ONE_DEVICE
 from lmjax.config import ConfigError, base_config
 
 from lmjax.config_validation import validate
@@ -344,9 +345,9 @@ def test_training_on_a_mixture_with_a_stream_resumes_exactly_and_reports_each_so
   c.train.eval_batches, c.train.plot, c.train.tensorboard = 2, False, False
   c.data.data_dir = str(tmp_path / "data")
   straight, resumed = tmp_path / "runs" / "straight", tmp_path / "runs" / "resumed"
-  train.train_and_evaluate(c, straight)
-  train.train_and_evaluate(c, resumed, stop_at=4)
-  train.train_and_evaluate(c, resumed)
+  train.train_and_evaluate(c, straight, devices=ONE_DEVICE)
+  train.train_and_evaluate(c, resumed, stop_at=4, devices=ONE_DEVICE)
+  train.train_and_evaluate(c, resumed, devices=ONE_DEVICE)
   a, b = (load_saved_state(w / "checkpoints")["params"] for w in (straight, resumed))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ONE_DEVICE
 from configs import tiny
 from lmjax import decode, train
 from lmjax.models import model_config
@@ -383,7 +384,7 @@ def trained_run(tmp_path_factory):
   c.train.plot, c.train.tensorboard = False, False
   c.train.num_samples, c.train.sample_length = 2, 20  # fits the 32-token context: the cached sampler
   workdir = root / "run"
-  train.train_and_evaluate(c, workdir)
+  train.train_and_evaluate(c, workdir, devices=ONE_DEVICE)
   return workdir
 
 

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-from conftest import single_device_env  # noqa: E402  (first: it puts the repository on sys.path)
+from conftest import ONE_DEVICE, single_device_env  # noqa: E402  (first: it puts the repo on sys.path)
 from configs import bert_tiny, tiny  # noqa: E402
 from lmjax import prepare, programs, sharding, train  # noqa: E402
 from lmjax.checkpoint import load_saved_state  # noqa: E402
@@ -255,7 +255,7 @@ def test_a_teacher_with_another_tokenizer_fails_in_one_line_before_compiling(cor
   config.tokenizer.kind = "byte"
   monkeypatch.setattr(programs, "build", lambda *a, **k: pytest.fail("compiled despite a tokenizer mismatch"))
   with pytest.raises(ConfigError) as e:
-    train.train_and_evaluate(config, tmp_path)
+    train.train_and_evaluate(config, tmp_path, devices=ONE_DEVICE)
   message = str(e.value)
   assert "\n" not in message and "config.distill.teacher_workdir" in message and "tokenizer" in message
 
@@ -288,7 +288,7 @@ def test_offline_top_k_logits_train_a_student(corpus, teacher, tmp_path):
   # A longer run than the store holds is refused in one line.
   config.train.num_steps = 41
   with pytest.raises(ConfigError, match="holds 40 batches"):
-    train.train_and_evaluate(config, tmp_path / "longer")
+    train.train_and_evaluate(config, tmp_path / "longer", devices=ONE_DEVICE)
 
 
 def test_a_bert_student_distils_masked_lm_with_hidden_and_attention_terms(corpus, tmp_path):
@@ -345,7 +345,7 @@ def test_a_smaller_classifier_learns_the_teachers_decisions(classifier, tmp_path
 def test_a_classifier_teacher_with_other_classes_fails_in_one_line(classifier, tmp_path):
   config = classification_student(classifier, **{"finetune.labels": "neg,pos,neutral"})
   with pytest.raises(ConfigError) as e:
-    train.train_and_evaluate(config, tmp_path)
+    train.train_and_evaluate(config, tmp_path, devices=ONE_DEVICE)
   message = str(e.value)
   assert "\n" not in message and "config.distill.teacher_workdir" in message and "2 classes, the student 3" in message
 

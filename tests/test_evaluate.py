@@ -23,7 +23,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # pylint: disable=wrong-import-position
 from lm_eval.tasks import TaskManager  # pylint: disable=wrong-import-position
 
-from conftest import REPO, single_device_env  # pylint: disable=wrong-import-position
+from conftest import ONE_DEVICE, REPO, single_device_env  # pylint: disable=wrong-import-position
 from lmjax import eval_results, harness, report, sweep  # pylint: disable=wrong-import-position
 from lmjax.config import ConfigError, base_config  # pylint: disable=wrong-import-position
 from lmjax.config_validation import validate  # pylint: disable=wrong-import-position
@@ -307,7 +307,7 @@ def test_training_runs_harness_tasks_at_its_evaluations(tmp_path):
   c.train.num_steps, c.train.eval_every, c.train.checkpoint_every, c.train.num_samples = 20, 10, 20, 0
   c.train.eval_tasks, c.train.eval_tasks_include_path = "tiny_choice,tiny_words", str(TASKS_DIR)
   c.train.eval_tasks_every, c.train.eval_tasks_limit, c.train.plot = 20, 4, False
-  train.train_and_evaluate(c, tmp_path / "run")
+  train.train_and_evaluate(c, tmp_path / "run", devices=ONE_DEVICE)
   records = [r for r in read_metrics(tmp_path / "run") if r["split"].startswith("harness/")]
   assert sorted((r["split"], r["step"]) for r in records) == [("harness/tiny_choice", 20), ("harness/tiny_words", 20)]
   by_split = {r["split"]: r for r in records}

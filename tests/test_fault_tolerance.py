@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from conftest import single_device_env
+from conftest import ONE_DEVICE, single_device_env
 from lmjax import train
 from lmjax.checkpoint import Checkpointer, CheckpointError, NonFiniteStateError, load_saved_state
 from lmjax.writers import read_metrics
@@ -168,8 +168,8 @@ def short_runs(corpus, tmp_path_factory):
   """(config, straight, at20): a 30-step run, and the same config stopped at step 20 (checkpoints 10 and 20)."""
   config = short_config(corpus)
   root = tmp_path_factory.mktemp("short")
-  train.train_and_evaluate(config, root / "straight")
-  train.train_and_evaluate(config, root / "at20", stop_at=20)
+  train.train_and_evaluate(config, root / "straight", devices=ONE_DEVICE)
+  train.train_and_evaluate(config, root / "at20", stop_at=20, devices=ONE_DEVICE)
   assert steps_on_disk(root / "at20" / "checkpoints") == [10, 20]
   return config, root / "straight", root / "at20"
 
@@ -309,7 +309,7 @@ def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_damage
   shutil.copytree(at20, workdir)
   DAMAGE[damage](workdir / "checkpoints" / "20")
   with caplog.at_level(logging.WARNING):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, devices=ONE_DEVICE)
   assert any(str(workdir / "checkpoints" / "20") in r.getMessage() for r in caplog.records
              if r.levelno == logging.WARNING)
   final = load_saved_state(workdir / "checkpoints")
@@ -531,13 +531,13 @@ def test_nonfinite_updates_from_finite_gradients_never_reach_a_checkpoint(short_
   broken.train.num_steps, broken.train.keep_checkpoints, broken.train.max_nonfinite_steps = 40, 2, 15
   monkeypatch.setattr(optim, "learning_rate_schedule", nan_from_step_20)
   with pytest.raises(train.NonFiniteError, match="stopped at step 35"):
-    train.train_and_evaluate(broken, workdir)
+    train.train_and_evaluate(broken, workdir, devices=ONE_DEVICE)
   monkeypatch.undo()
   assert steps_on_disk(workdir / "checkpoints") == [10, 20]  # nothing taken at 30, so 10 was not rotated out
   leaves_equal(load_saved_state(workdir / "checkpoints")["params"], load_saved_state(at20 / "checkpoints")["params"])
   assert max(r["skipped_steps"] for r in train_records(workdir)) > 0
 
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, devices=ONE_DEVICE)
   final = load_saved_state(workdir / "checkpoints")["params"]
   leaves_equal(final, load_saved_state(straight / "checkpoints")["params"])
 
@@ -553,7 +553,7 @@ def test_a_resume_that_fails_to_restore_leaves_config_json_alone(short_runs, tmp
   changed = config.copy_and_resolve_references()
   changed.model.d_model, changed.train.allow_config_change = 64, True  # allowed, yet its shapes cannot restore
   with pytest.raises(CheckpointError, match=r"params/.* is saved with shape .*32.* this run's model has shape .*64"):
-    train.train_and_evaluate(changed, workdir)
+    train.train_and_evaluate(changed, workdir, devices=ONE_DEVICE)
   assert (workdir / "config.json").read_bytes() == record and not list(workdir.glob("config.*.json"))
   assert steps_on_disk(workdir / "checkpoints") == [10, 20]  # nothing set aside: none of them is damaged
 

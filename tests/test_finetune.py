@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ONE_DEVICE
 from configs import bert_tiny
 from lmjax import init_from, train
 from lmjax.checkpoint import load_saved_state
@@ -90,12 +91,12 @@ def pretrained(tmp_path_factory):
   c.task = "mlm"
   c.train.update(num_steps=10, eval_every=10, checkpoint_every=10, eval_batches=2)
   workdir = tmp / "run"
-  train.train_and_evaluate(c, workdir)
+  train.train_and_evaluate(c, workdir, devices=ONE_DEVICE)
   return workdir
 
 
 def test_classification_learns_a_cue_word_and_writes_predictions(tmp_path):
-  final = train.train_and_evaluate(finetune_config(tmp_path, "classification"), tmp_path / "run")
+  final = train.train_and_evaluate(finetune_config(tmp_path, "classification"), tmp_path / "run", devices=ONE_DEVICE)
   assert final["accuracy"] >= 0.95 and final["f1"] >= 0.95 and final["mcc"] >= 0.9
   records = [json.loads(line) for line in (tmp_path / "run/predictions/eval_step000060.jsonl").read_text().splitlines()]
   assert len(records) == 48  # every eval example once, the padding rows of the last batch dropped
@@ -120,14 +121,14 @@ def test_sentence_pair_regression_from_jsonl(tmp_path):
       "finetune.train_file": str(tmp_path / "train.jsonl"), "finetune.eval_file": str(tmp_path / "eval.jsonl"),
       "finetune.text_fields": "a,b", "finetune.label_field": "score", "finetune.regression": True})
   config.train.update(num_steps=100, eval_every=100, checkpoint_every=100)
-  final = train.train_and_evaluate(config, tmp_path / "run")
+  final = train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
   assert final["pearson"] > 0.75 and final["spearman"] > 0.75, final  # untrained: about 0
 
 
 def test_tagging_reaches_high_entity_f1(tmp_path):
   config = finetune_config(tmp_path, "tagging")
   config.train.update(num_steps=150, eval_every=150, checkpoint_every=150)
-  final = train.train_and_evaluate(config, tmp_path / "run")
+  final = train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
   assert final["entity_f1"] >= 0.9, final
 
 
@@ -135,7 +136,7 @@ def test_qa_finds_the_span(tmp_path):
   config = finetune_config(tmp_path, "qa", **{"data.seq_len": 64, "finetune.max_query_len": 16,
                                              "finetune.doc_stride": 32})
   config.train.num_steps = 90
-  final = train.train_and_evaluate(config, tmp_path / "run")
+  final = train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
   assert final["exact_match"] >= 0.8 and final["f1"] >= 0.8, final
 
 
@@ -144,7 +145,7 @@ def test_init_from_restores_the_encoder_exactly_and_freezing_keeps_it(pretrained
   config = finetune_config(tmp_path, "classification", **{
       "finetune.init_from": str(pretrained), "finetune.freeze_embeddings": True, "finetune.freeze_layers": 2})
   config.train.update(num_steps=10, eval_every=10, checkpoint_every=10)
-  train.train_and_evaluate(config, tmp_path / "run")
+  train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
   tuned = load_saved_state(tmp_path / "run/checkpoints")["params"]
   # Every encoder parameter is frozen here, so after training it is still exactly the pretrained one ...
   for a, b in zip(jax.tree_util.tree_leaves(saved["encoder"]), jax.tree_util.tree_leaves(tuned["encoder"])):
@@ -181,7 +182,7 @@ def test_init_from_copies_encoder_and_pooler_and_keeps_the_fresh_head(pretrained
 def test_init_from_mismatch_is_one_line_before_the_workdir_is_touched(pretrained, tmp_path, override, expected):
   config = finetune_config(tmp_path, "classification", **{"finetune.init_from": str(pretrained), **override})
   with pytest.raises(ConfigError) as error:
-    train.train_and_evaluate(config, tmp_path / "run")
+    train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
   assert expected in str(error.value) and "\n" not in str(error.value)
   assert not (tmp_path / "run").exists()
 
@@ -189,7 +190,7 @@ def test_init_from_mismatch_is_one_line_before_the_workdir_is_touched(pretrained
 def test_init_from_a_missing_run_is_one_line(tmp_path):
   config = finetune_config(tmp_path, "classification", **{"finetune.init_from": str(tmp_path / "nothing")})
   with pytest.raises(ConfigError, match="no such directory"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
 
 
 def test_head_learning_rate_multiplier_and_frozen_groups():
@@ -238,5 +239,5 @@ def test_train_batches_are_epoch_permutations_and_eval_batches_cover_each_exampl
 def test_bad_finetune_config_is_one_line(tmp_path, override, expected):
   config = finetune_config(tmp_path, "classification", **override)
   with pytest.raises(ConfigError) as error:
-    train.train_and_evaluate(config, tmp_path / "run")
+    train.train_and_evaluate(config, tmp_path / "run", devices=ONE_DEVICE)
   assert str(error.value).startswith(expected) and not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import REPO, single_device_env  # pylint: disable=wrong-import-position
+from conftest import ONE_DEVICE, REPO, single_device_env  # pylint: disable=wrong-import-position
 from lmjax import init_from, train  # pylint: disable=wrong-import-position
 from lmjax.config import base_config  # pylint: disable=wrong-import-position
 from lmjax.hf.import_checkpoint import import_checkpoint  # pylint: disable=wrong-import-position
@@ -117,7 +117,7 @@ def test_continued_pretraining_and_last_token_classification(qwen_run, tmp_path)
   config = load_config(qwen_run)
   config.train.update(num_steps=4, steps_per_call=2, log_every=2, eval_every=4, checkpoint_every=4, eval_batches=1,
                       batch_size=8, tensorboard=False, plot=False, num_samples=0)
-  train.train_and_evaluate(config, qwen_run)
+  train.train_and_evaluate(config, qwen_run, devices=ONE_DEVICE)
   assert open_run(qwen_run).steps == [0, 4]
 
   c = load_config(qwen_run)
@@ -139,7 +139,7 @@ def test_continued_pretraining_and_last_token_classification(qwen_run, tmp_path)
   assert copied == ["decoder"]
   saved = open_run(qwen_run).load_params()[0]
   np.testing.assert_array_equal(params["decoder"]["embed"]["embedding"], np.asarray(saved["embed"]["embedding"]))
-  final = train.train_and_evaluate(c, tmp_path / "cls")
+  final = train.train_and_evaluate(c, tmp_path / "cls", devices=ONE_DEVICE)
   assert final["accuracy"] >= 0.9
 
 
@@ -154,7 +154,7 @@ def test_a_student_distils_an_imported_teacher(qwen_run, tmp_path):
   c.train.update(num_steps=30, steps_per_call=5, log_every=5, eval_every=30, checkpoint_every=30, eval_batches=1,
                  batch_size=8, tensorboard=False, plot=False, num_samples=0)
   student = tmp_path / "student"
-  train.train_and_evaluate(c, student)
+  train.train_and_evaluate(c, student, devices=ONE_DEVICE)
   for name in sorted(p.name for p in (qwen_run / "tokenizer").iterdir()):
     assert (student / "tokenizer" / name).read_bytes() == (qwen_run / "tokenizer" / name).read_bytes(), name
   rows = [r for r in read_metrics(student) if r["split"] == "train"]
@@ -190,5 +190,5 @@ def test_t5_encoder_classification(tmp_path):
   c.model.dropout = 0.0
   c.train.update(num_steps=60, steps_per_call=10, log_every=10, eval_every=60, checkpoint_every=60, eval_batches=0,
                  batch_size=16, tensorboard=False, plot=False, num_samples=0)
-  final = train.train_and_evaluate(c, tmp_path / "cls")
+  final = train.train_and_evaluate(c, tmp_path / "cls", devices=ONE_DEVICE)
   assert final["accuracy"] >= 0.9

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import single_device_env
+from conftest import ONE_DEVICE, single_device_env
 from lmjax import train
 from lmjax.checkpoint import load_saved_state
 from lmjax.writers import read_metrics
@@ -162,7 +162,7 @@ def test_restored_model_evaluates_to_the_recorded_loss(name, tmp_path, monkeypat
   history = read_metrics(workdir)
   recorded = [r for r in history if r["split"] == "eval" and r["step"] == step][-1]
 
-  metrics = train.train_and_evaluate(load_config(workdir), workdir)
+  metrics = train.train_and_evaluate(load_config(workdir), workdir, devices=ONE_DEVICE)
 
   losses = [k for k in recorded if is_loss(k)]
   assert "loss" in losses

@@ -6,6 +6,7 @@ import json
 import jax
 import pytest
 
+from conftest import ONE_DEVICE
 from configs import tiny
 from lmjax import compile_cache, train
 from lmjax.config import ConfigError
@@ -33,7 +34,7 @@ def test_profile_trace_compile_cache_and_switching_attention_on_resume(tmp_path)
   corpus = tmp_path / "corpus.txt"
   corpus.write_text(TEXT)
   cache = tmp_path / "cache"
-  first = train.train_and_evaluate(config_for(corpus, cache, profile_steps="2:4"), tmp_path / "a")
+  first = train.train_and_evaluate(config_for(corpus, cache, profile_steps="2:4"), tmp_path / "a", devices=ONE_DEVICE)
 
   traces = list((tmp_path / "a" / "profile").rglob("*.xplane.pb"))
   assert traces and traces[0].stat().st_size > 0
@@ -42,14 +43,14 @@ def test_profile_trace_compile_cache_and_switching_attention_on_resume(tmp_path)
   assert entries  # the train, eval and init programs were written
 
   # The same config in a new workdir compiles nothing new: every program comes from the cache, and computes the same.
-  second = train.train_and_evaluate(config_for(corpus, cache), tmp_path / "b")
+  second = train.train_and_evaluate(config_for(corpus, cache), tmp_path / "b", devices=ONE_DEVICE)
   assert cache_entries(cache) == entries
   assert second["loss"] == first["loss"]
 
   # Resuming with another attention implementation is allowed (it is not part of the model's identity).
   resumed = config_for(corpus, cache, num_steps=8, eval_every=8)
   resumed.model.attention_impl = "flash"
-  train.train_and_evaluate(resumed, tmp_path / "a")
+  train.train_and_evaluate(resumed, tmp_path / "a", devices=ONE_DEVICE)
   assert [r["step"] for r in read_metrics(tmp_path / "a") if r["split"] == "eval"] == [6, 8]
   assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["attention_impl"] == "flash"
   compile_cache.enable("off")

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from configs import tiny
-from conftest import single_device_env
+from conftest import ONE_DEVICE, single_device_env
 from lmjax import train
 from lmjax.checkpoint import load_saved_state
 from lmjax.config import ConfigError
@@ -112,26 +112,26 @@ def test_run_stops_with_a_clear_error_after_consecutive_nonfinite_steps(corpus, 
   c = tiny_config(corpus)
   c.train.max_nonfinite_steps = 3
   with pytest.raises(train.NonFiniteError, match="train.max_nonfinite_steps=3"):
-    train.train_and_evaluate(c, tmp_path)
+    train.train_and_evaluate(c, tmp_path, devices=ONE_DEVICE)
   assert not (tmp_path / "checkpoints" / "10").exists()  # it stopped long before the first checkpoint at 20
 
 
 def test_resuming_with_a_different_model_is_refused_unless_allowed(corpus, tmp_path):
   c = tiny_config(corpus)
-  train.train_and_evaluate(c, tmp_path, stop_at=20)
+  train.train_and_evaluate(c, tmp_path, stop_at=20, devices=ONE_DEVICE)
   c.model.num_layers = 3
   with pytest.raises(ConfigError, match="model.num_layers: 2 -> 3") as e:
-    train.train_and_evaluate(c, tmp_path)
+    train.train_and_evaluate(c, tmp_path, devices=ONE_DEVICE)
   assert "allow_config_change" in str(e.value) and "\n" not in str(e.value)
   assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 2  # record untouched
 
   c = tiny_config(corpus)
   c.model.dropout = 0.1  # a change that keeps shapes: allowed only when asked for
   with pytest.raises(ConfigError, match="model.dropout"):
-    train.train_and_evaluate(c, tmp_path)
+    train.train_and_evaluate(c, tmp_path, devices=ONE_DEVICE)
   c.train.allow_config_change = True
   c.optim.learning_rate = 1e-3
-  train.train_and_evaluate(c, tmp_path)
+  train.train_and_evaluate(c, tmp_path, devices=ONE_DEVICE)
   assert json.loads((tmp_path / "config.json").read_text())["model"]["dropout"] == 0.1
   previous = list(tmp_path.glob("config.*.json"))
   assert len(previous) == 1 and json.loads(previous[0].read_text())["model"]["dropout"] == 0.0
@@ -141,7 +141,7 @@ def test_prompt_longer_than_the_context_is_rejected(corpus, tmp_path):
   c = tiny_config(corpus)
   c.train.sample_prompt = "x" * 40  # tiny's context is 32 tokens
   with pytest.raises(ConfigError, match="config.train.sample_prompt"):
-    train.train_and_evaluate(c, tmp_path)
+    train.train_and_evaluate(c, tmp_path, devices=ONE_DEVICE)
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -157,7 +157,7 @@ def test_a_corpus_of_one_enormous_line_trains(tmp_path):
   c = tiny.get_config()
   c.data.source, c.data.paths, c.data.document_split = "files", str(path), "line"
   c.train.num_steps, c.train.eval_every, c.train.checkpoint_every, c.train.num_samples = 10, 10, 10, 0
-  metrics = train.train_and_evaluate(c, tmp_path / "run")
+  metrics = train.train_and_evaluate(c, tmp_path / "run", devices=ONE_DEVICE)
   assert np.isfinite(metrics["loss"]) and metrics["tokens"] > 0
 
 

@@ -173,3 +173,18 @@ def test_a_batch_the_mesh_cannot_split_is_refused_before_any_work(tmp_path):
     train.train_and_evaluate(config, tmp_path / "run")
   assert "\n" not in str(error.value)
   assert not (tmp_path / "run").exists()  # refused before the workdir, the data or the compiler were touched
+
+
+def test_train_and_evaluate_spans_the_devices_it_is_given(tmp_path):
+  """devices= narrows the mesh to a subset (the one-device runs of the other test files rely on it); the same run
+  on all 8 devices and on 2 gives the same losses, and a mesh the subset cannot fill is refused first."""
+  config = small_config()
+  config.train.update(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4, eval_batches=1, num_samples=0,
+                      plot=False, tensorboard=False)
+  everywhere = train.train_and_evaluate(config, tmp_path / "all")
+  two = train.train_and_evaluate(config, tmp_path / "two", devices=jax.devices()[:2])
+  assert two["loss"] == pytest.approx(everywhere["loss"], rel=1e-5)
+  config.mesh.data = 8
+  with pytest.raises(ConfigError, match=r"has 8 devices but 2 are available"):
+    train.train_and_evaluate(config, tmp_path / "refused", devices=jax.devices()[:2])
+  assert not (tmp_path / "refused").exists()

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ONE_DEVICE
 from configs import tiny
 from lmjax import train
 from lmjax.checkpoint import load_saved_state
@@ -39,7 +40,7 @@ def params_of(workdir):
 
 def test_loss_falls_and_outputs_are_written(corpus, tmp_path):
   config = tiny_config(corpus, num_steps=60, eval_every=30, checkpoint_every=30)
-  final = train.train_and_evaluate(config, tmp_path)
+  final = train.train_and_evaluate(config, tmp_path, devices=ONE_DEVICE)
   records = read_metrics(tmp_path)
   train_losses = [r["loss"] for r in records if r["split"] == "train"]
   evals = [r for r in records if r["split"] == "eval"]
@@ -59,11 +60,11 @@ def test_resume_after_stop_gives_identical_parameters(corpus, tmp_path, steps_pe
                        steps_per_call=steps_per_call)
   config.model.dropout = 0.1  # the RNG must be restored too
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  train.train_and_evaluate(config, straight)
-  train.train_and_evaluate(config, resumed, stop_at=10)
+  train.train_and_evaluate(config, straight, devices=ONE_DEVICE)
+  train.train_and_evaluate(config, resumed, stop_at=10, devices=ONE_DEVICE)
   assert load_saved_state(resumed / "checkpoints")["step"] == 10
-  train.train_and_evaluate(config, resumed, stop_at=20)
-  train.train_and_evaluate(config, resumed)
+  train.train_and_evaluate(config, resumed, stop_at=20, devices=ONE_DEVICE)
+  train.train_and_evaluate(config, resumed, devices=ONE_DEVICE)
   a, b = params_of(straight), params_of(resumed)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -75,7 +76,7 @@ def test_fused_steps_match_single_steps(corpus, tmp_path):
   results = []
   for k in (1, 5):
     config = tiny_config(corpus, num_steps=10, checkpoint_every=10, eval_every=10, log_every=5, steps_per_call=k)
-    train.train_and_evaluate(config, tmp_path / str(k))
+    train.train_and_evaluate(config, tmp_path / str(k), devices=ONE_DEVICE)
     results.append(params_of(tmp_path / str(k)))
   for x, y in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
