@@ -35,7 +35,9 @@ def test_two_processes_match_one(tmp_path):
   two = tmp_path / "two"
   flags = [f"--config={REPO}/configs/tiny.py", f"--workdir={two}", "--config.data.source=files",
            f"--config.data.paths={corpus}", *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items())]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  # The session's XLA flags (no LLVM passes: 20 steps are mostly compilation), with 2 devices per process.
+  session_flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{session_flags} --xla_force_host_platform_device_count=2")
   port = free_port()
   procs = [subprocess.Popen([sys.executable, "-m", "lmjax.main", *flags, f"--coordinator_address=localhost:{port}",
                              "--num_processes=2", f"--process_id={i}"], cwd=REPO, env=env,

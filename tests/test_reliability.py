@@ -48,11 +48,11 @@ def leaves(tree):
 
 def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_matches(corpus, tmp_path):
   flags = ["--config=configs/tiny.py", "--config.data.source=files", f"--config.data.paths={corpus}",
-           "--config.train.num_steps=600", "--config.train.log_every=10", "--config.train.checkpoint_every=1000",
-           "--config.train.eval_every=600", "--config.train.num_samples=0", "--config.model.dropout=0.1"]
+           "--config.train.num_steps=200", "--config.train.log_every=10", "--config.train.checkpoint_every=1000",
+           "--config.train.eval_every=200", "--config.train.num_samples=0", "--config.model.dropout=0.1"]
   cmd = [sys.executable, "-m", "lmjax.main", *flags]
   stopped = tmp_path / "stopped"
-  env = single_device_env(optimize=True)  # 600 steps, run about twice
+  env = single_device_env(optimize=True)  # 200 steps, run about twice
   proc = subprocess.Popen([*cmd, f"--workdir={stopped}"], cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
   metrics = stopped / "metrics.jsonl"
   deadline = time.time() + 120
@@ -63,7 +63,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_matches(corpus, tmp_p
   assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-2000:]
   assert "preempted" in stderr and "rerun the same command" in stderr
   saved_step = int(load_saved_state(stopped / "checkpoints")["step"])
-  assert 0 < saved_step < 600  # stopped mid-run, before any regular checkpoint
+  assert 0 < saved_step < 200  # stopped mid-run, before any regular checkpoint
 
   subprocess.run([*cmd, f"--workdir={stopped}"], cwd=REPO, check=True, capture_output=True, env=env)
   straight = tmp_path / "straight"

@@ -176,15 +176,14 @@ def test_a_batch_the_mesh_cannot_split_is_refused_before_any_work(tmp_path):
 
 
 def test_train_and_evaluate_spans_the_devices_it_is_given(tmp_path):
-  """devices= narrows the mesh to a subset (the one-device runs of the other test files rely on it); the same run
-  on all 8 devices and on 2 gives the same losses, and a mesh the subset cannot fill is refused first."""
-  config = small_config()
-  config.train.update(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4, eval_batches=1, num_samples=0,
+  """devices= narrows the mesh to a subset (the one-device runs of the other test files rely on it): a run on 2 of
+  the 8 devices trains, and a mesh the subset cannot fill is refused before the workdir exists. That a result
+  does not depend on the mesh is test_sharded_training_matches_one_device's."""
+  config = small_config(dict(data=2))
+  config.train.update(num_steps=2, log_every=1, eval_every=2, checkpoint_every=2, eval_batches=1, num_samples=0,
                       plot=False, tensorboard=False)
-  everywhere = train.train_and_evaluate(config, tmp_path / "all")
-  two = train.train_and_evaluate(config, tmp_path / "two", devices=jax.devices()[:2])
-  assert two["loss"] == pytest.approx(everywhere["loss"], rel=1e-5)
-  config.mesh.data = 8
-  with pytest.raises(ConfigError, match=r"has 8 devices but 2 are available"):
-    train.train_and_evaluate(config, tmp_path / "refused", devices=jax.devices()[:2])
+  with pytest.raises(ConfigError, match=r"has 2 devices but 8 are available"):
+    train.train_and_evaluate(config, tmp_path / "refused")
   assert not (tmp_path / "refused").exists()
+  final = train.train_and_evaluate(config, tmp_path / "two", devices=jax.devices()[:2])
+  assert np.isfinite(final["loss"]) and (tmp_path / "two" / "checkpoints" / "2").is_dir()
