@@ -53,7 +53,7 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
   elif step not in steps:
     raise RunError(f"{workdir}: no checkpoint at step {step} (steps: {', '.join(map(str, steps))})")
   path = (workdir / "checkpoints" / str(step) / "state").resolve()  # orbax reads no metadata from relative paths
-  from lmjax.checkpoint import ChecksumError, verify_step  # pylint: disable=import-outside-toplevel
+  from lmjax.checkpoint_checksums import ChecksumError, verify_step  # pylint: disable=import-outside-toplevel
   try:
     verify_step(path.parent)
   except ChecksumError as e:

@@ -26,6 +26,7 @@ LAYERS = (
     ("data", ("lmjax.data", "lmjax.data.*", "lmjax.hf.files", "lmjax.hf.vocab", "lmjax.hf.tokenizers")),
     ("models", ("lmjax.models", "lmjax.models.*")),
     ("runs", ("lmjax.compile_cache", "lmjax.profiling", "lmjax.decode", "lmjax.saved_run", "lmjax.checkpoint",
+              "lmjax.checkpoint_checksums",
               "lmjax.sharding", "lmjax.state", "lmjax.workdir_lock", "lmjax.optim", "lmjax.prepare", "lmjax.workdir",
               "lmjax.init_from", "lmjax.hf", "lmjax.hf.gpt2",
               "lmjax.hf.bert", "lmjax.hf.architectures", "lmjax.hf.adapter", "lmjax.hf.llama", "lmjax.hf.gemma",
