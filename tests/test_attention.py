@@ -1,7 +1,5 @@
 """Attention is softmax(QK^T/sqrt(d))V, respects causality, and keeps packed documents apart."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np

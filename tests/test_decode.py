@@ -1,7 +1,6 @@
 """Decoding over a KV cache: it equals full recomputation, beam search finds the best sequence a brute-force search
 finds, sampling stays inside its top-k / top-p support, EOS ends rows, and the generation CLI writes sample sheets."""
 
-import dataclasses
 import functools
 import itertools
 import json

@@ -2,7 +2,6 @@
 tiny model learns to reverse strings (BLEU > 90), our metrics equal sacrebleu and rouge-score, parallel-data
 readers fail in one line, and the generation CLI translates."""
 
-import dataclasses
 import functools
 import json
 import logging
