@@ -72,7 +72,7 @@ def check_flags() -> None:
 def read_texts(source: str, config: Any) -> list[str]:
   """The documents of one --perplexity source."""
   if source.startswith("tfds:"):
-    from lmjax.data.local_text import DataError  # pylint: disable=import-outside-toplevel
+    from lmjax.data.text_files import DataError  # pylint: disable=import-outside-toplevel
     from lmjax.data.sources import open_split  # pylint: disable=import-outside-toplevel
     name, split = source[5:].rsplit("/", 1)
     d = config.data.copy_and_resolve_references()

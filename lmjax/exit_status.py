@@ -28,7 +28,7 @@ def describe_failure(error: BaseException, workdir: str | os.PathLike | None = N
   from lmjax import train
   from lmjax.checkpoint import CheckpointError, NonFiniteStateError
   from lmjax.config import ConfigError
-  from lmjax.data.local_text import DataError
+  from lmjax.data.text_files import DataError
   from lmjax.hf.files import HfError
   from lmjax.saved_run import RunError
   from lmjax.workdir import WorkdirError

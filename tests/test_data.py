@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lmjax.config import base_config
-from lmjax.data import local_text, pipeline, sources
-from lmjax.data.local_text import DataError
+from lmjax.data import local_text, pipeline, sources, text_files
+from lmjax.data.text_files import DataError
 from lmjax.data.pipeline import TokenizedSplit
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, build_tokenizer
 
@@ -72,8 +71,8 @@ def test_single_document_is_split_at_a_line_boundary(tmp_path):
 
 
 def test_line_and_paragraph_documents():
-  assert local_text.split_into_documents("a\n\n \nb\nc\n\n", "paragraph") == ["a", "b\nc"]
-  assert local_text.split_into_documents("a\n\n b \nc", "line") == ["a", "b", "c"]
+  assert text_files.split_into_documents("a\n\n \nb\nc\n\n", "paragraph") == ["a", "b\nc"]
+  assert text_files.split_into_documents("a\n\n b \nc", "line") == ["a", "b", "c"]
 
 
 def test_changing_a_file_invalidates_the_cache(tmp_path, corpus):
@@ -88,23 +87,23 @@ def test_changing_a_file_invalidates_the_cache(tmp_path, corpus):
 
 def test_missing_and_empty_files_fail_naming_data_paths(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
-    local_text.resolve_paths(f"{tmp_path}/nope*.txt")
+    text_files.resolve_paths(f"{tmp_path}/nope*.txt")
   assert "data.paths" in one_line(e) and "nope*.txt" in str(e.value)
   write_docs(tmp_path / "ok.txt", ["text"])
   with pytest.raises(FileNotFoundError) as e:  # one bad entry in a list is an error, not silently dropped
-    local_text.resolve_paths(f"{tmp_path}/ok.txt, {tmp_path}/missing.txt")
+    text_files.resolve_paths(f"{tmp_path}/ok.txt, {tmp_path}/missing.txt")
   assert "missing.txt" in one_line(e)
   (tmp_path / "empty.txt").write_text("")
   with pytest.raises(DataError) as e:
-    local_text.resolve_paths(str(tmp_path / "empty.txt"))
+    text_files.resolve_paths(str(tmp_path / "empty.txt"))
   assert "data.paths" in one_line(e) and "empty" in str(e.value)
   (tmp_path / "sub").mkdir()
   (tmp_path / "sub" / "e1.txt").write_text("")
   (tmp_path / "sub" / "e2.txt").write_text("")
   with pytest.raises(DataError) as e:
-    local_text.resolve_paths(f"{tmp_path}/sub/*.txt")
+    text_files.resolve_paths(f"{tmp_path}/sub/*.txt")
   assert "data.paths" in one_line(e) and "all 2" in str(e.value)
-  assert local_text.resolve_paths(f"{tmp_path}/sub/*.txt,{tmp_path}/ok.txt") == [(tmp_path / "ok.txt").resolve()]
+  assert text_files.resolve_paths(f"{tmp_path}/sub/*.txt,{tmp_path}/ok.txt") == [(tmp_path / "ok.txt").resolve()]
   (tmp_path / "blank.txt").write_text("  \n\n\t\n")
   with pytest.raises(DataError) as e:
     read_split(data_config(paths=str(tmp_path / "blank.txt")), "train", tmp_path / "data")
@@ -132,7 +131,7 @@ def test_embedded_source_is_read_like_local_files(tmp_path):
 
 
 def test_tfds_source_reads_prepared_and_explains_unprepared(tmp_path, corpus):
-  builder = local_text.prepare(local_text.resolve_paths(corpus.paths), tmp_path)
+  builder = local_text.prepare(text_files.resolve_paths(corpus.paths), tmp_path)
   cfg = data_config(source="tfds", tfds_name=f"local_text/{builder.builder_config.name}")
   assert read_split(cfg, "validation", tmp_path) == DOCS[36:]
   with pytest.raises(DataError) as e:

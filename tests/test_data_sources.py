@@ -17,8 +17,8 @@ from conftest import ONE_DEVICE
 from lmjax.config import ConfigError, base_config
 
 from lmjax.config_validation import validate
-from lmjax.data import local_text, mixture, pipeline, sources, streaming
-from lmjax.data.local_text import DataError
+from lmjax.data import mixture, pipeline, sources, streaming, text_files
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import CharTokenizer, build_tokenizer
 from lmjax.tasks import causal_lm
 
@@ -250,7 +250,7 @@ def test_marker_and_regex_separators_split_documents(tmp_path):
   assert docs == ["First quote,\nin two lines.", "Second one.", "Third."]
   c.data.document_split, c.data.document_separator = "regex", r"^%+$|<\|endoftext\|>"
   (tmp_path / "quotes.txt").write_text("a<|endoftext|>b\n%%\nc\n%\nd")
-  assert local_text.split_into_documents((tmp_path / "quotes.txt").read_text(), "regex",
+  assert text_files.split_into_documents((tmp_path / "quotes.txt").read_text(), "regex",
                                          c.data.document_separator) == ["a", "b", "c", "d"]
   c.data.document_separator = ""
   with pytest.raises(ConfigError, match="data.document_separator"):
@@ -266,9 +266,9 @@ def test_streamed_files_give_the_documents_of_the_whole_text(tmp_path):
     path.write_bytes(text.encode("utf-8") + (b"\xff" if trial % 5 == 0 else b""))
     whole = path.read_bytes().decode("utf-8", errors="replace")
     for split, separator in [("paragraph", ""), ("line", ""), ("marker", "%"), ("regex", r"\n?==\n?")]:
-      streamed = list(local_text.iter_file_documents(path, split, separator, "replace", chunk_bytes=rng.randint(1, 9)))
-      assert streamed == local_text.split_into_documents(whole, split, separator)
-  assert local_text.split_into_documents("x\n\n \ny", "paragraph") == [p.strip() for p in re.split(
+      streamed = list(text_files.iter_file_documents(path, split, separator, "replace", chunk_bytes=rng.randint(1, 9)))
+      assert streamed == text_files.split_into_documents(whole, split, separator)
+  assert text_files.split_into_documents("x\n\n \ny", "paragraph") == [p.strip() for p in re.split(
       r"\n[ \t\r\f\v]*\n", "x\n\n \ny")]
 
 

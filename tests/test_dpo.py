@@ -17,7 +17,7 @@ from configs import tiny
 from lmjax.config import ConfigError, base_config, flatten
 from lmjax.config_validation import validate
 from lmjax.data.chat import ChatTemplate
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.records import Record
 from lmjax.data.tokenizers import ByteTokenizer
 from lmjax.models import model_config

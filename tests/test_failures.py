@@ -125,7 +125,7 @@ def test_a_binary_corpus_is_refused_and_the_start_leaves_the_workdir_as_it_was(t
 
 
 def test_binary_and_text_are_told_apart(tmp_path):
-  from lmjax.data.local_text import DataError, looks_binary, read_text
+  from lmjax.data.text_files import DataError, looks_binary, read_text
   rng = np.random.default_rng(0)
   noise = bytes(b for b in rng.integers(1, 256, 20_000, dtype=np.uint8).tolist())  # random bytes, no NUL
   latin1 = ("Très bien, déjà vu: à la carte, café crème. " * 200).encode("latin-1")
@@ -139,7 +139,7 @@ def test_binary_and_text_are_told_apart(tmp_path):
     read_text(path, "replace")
   assert len(read_text(path, "replace", allow_binary=True)) > 0
   # Streamed (how training reads local text) in small pieces, the file is judged on the whole, not piece by piece.
-  from lmjax.data.local_text import iter_file_documents
+  from lmjax.data.text_files import iter_file_documents
   with pytest.raises(DataError, match="not UTF-8"):
     list(iter_file_documents(path, "paragraph", chunk_bytes=997))
   assert list(iter_file_documents(path, "paragraph", chunk_bytes=997, allow_binary=True))
@@ -262,7 +262,7 @@ def test_each_kind_of_failure_has_its_own_status():
   from lmjax import train
   from lmjax.checkpoint import CheckpointError, NonFiniteStateError
   from lmjax.config import ConfigError
-  from lmjax.data.local_text import DataError
+  from lmjax.data.text_files import DataError
   from lmjax.preemption import Interrupted, Preempted
   tensorstore_full = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/40.orbax-checkpoint-tmp/'
                                 'state/_sharding": Failed to write 28881 bytes to file 15: No space left on device '

@@ -14,7 +14,7 @@ from lmjax import finetune_metrics as fm
 from lmjax.data import conll, labelled, squad
 from lmjax.data import tokenizers as tk
 from lmjax.data.labelled import LabelVocab
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.words import encode_words, split_words
 
 BYTE = tk.ByteTokenizer()

@@ -22,7 +22,7 @@ from lmjax.config import ConfigError, base_config
 from lmjax.config_validation import validate
 from lmjax.models import model_config
 from lmjax.data import parallel
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import EOS_ID, PAD_ID, CharTokenizer
 from lmjax.models import build_model
 

@@ -15,7 +15,7 @@ from lmjax.config import ConfigError
 from lmjax.config_validation import validate
 from lmjax.data import chat_examples, packing
 from lmjax.data.chat import ChatTemplate
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.records import Record, read_jsonl
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, ByteTokenizer
 from lmjax.models import model_config

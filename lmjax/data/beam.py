@@ -26,9 +26,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lmjax.data import local_text, pipeline, sources
+from lmjax.data import local_text, pipeline, sources, text_files
 from lmjax.data.hf_datasets import parse_data_files
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import Tokenizer
 
 READERS = ("text", "json", "parquet")
@@ -50,7 +50,7 @@ class ShardInput:
 def read_documents(shard: ShardInput) -> Iterator[str]:
   """The documents of one file, in order, as the one-process path reads them."""
   if shard.reader == "text":
-    yield from local_text.iter_file_documents(Path(shard.path), shard.document_split, shard.separator,
+    yield from text_files.iter_file_documents(Path(shard.path), shard.document_split, shard.separator,
                                               shard.invalid_utf8)
   elif shard.reader == "json":
     with open(shard.path, encoding="utf-8") as f:

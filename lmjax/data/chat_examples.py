@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lmjax.data.chat import ChatError, ChatTemplate, check_messages
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.records import Record
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 

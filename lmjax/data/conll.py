@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from lmjax.data.labelled import LabelVocab, read_lines
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import CLS_ID, PAD_ID, SEP_ID, Tokenizer
 from lmjax.data.words import encode_words
 

@@ -14,7 +14,7 @@ import math
 import grain
 import numpy as np
 
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.pipeline import _check_sharding  # pylint: disable=protected-access
 
 Arrays = dict[str, np.ndarray]

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import ml_collections
 
 from lmjax import config as config_lib
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.sources import Record, SourceKind, Split, text_of
 from lmjax.registry import SOURCES
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import CLS_ID, PAD_ID, SEP_ID, Tokenizer
 
 Example = dict[str, Any]

@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from lmjax.data import pipeline, sources
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, Tokenizer
 
 Batch = dict[str, np.ndarray]

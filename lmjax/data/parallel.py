@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmjax.data.labelled import read_lines
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.sources import text_of
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from lmjax.config import SAMPLING_KINDS
 from lmjax.data import sources, worker_pool
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 
 Batch = dict[str, np.ndarray]

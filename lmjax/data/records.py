@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 
 
 @dataclasses.dataclass(frozen=True)

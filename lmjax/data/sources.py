@@ -35,8 +35,8 @@ import tensorflow_datasets as tfds
 
 from lmjax import config as config_lib
 from lmjax import config_mixture
-from lmjax.data import local_text
-from lmjax.data.local_text import DataError
+from lmjax.data import local_text, text_files
+from lmjax.data.text_files import DataError
 from lmjax.registry import SOURCES
 
 LOCAL_SPLITS = ("train", "validation")
@@ -146,7 +146,7 @@ def _embedded_file(data_dir: Path) -> Path:
 
 
 def local_corpus(data_cfg: ml_collections.ConfigDict, data_dir: Path) -> local_text.LocalCorpus:
-  files = [_embedded_file(data_dir)] if data_cfg.source == "embedded" else local_text.resolve_paths(data_cfg.paths)
+  files = [_embedded_file(data_dir)] if data_cfg.source == "embedded" else text_files.resolve_paths(data_cfg.paths)
   return local_text.LocalCorpus.of(files, data_dir, document_split=data_cfg.document_split,
                                    validation_fraction=data_cfg.validation_fraction,
                                    invalid_utf8=data_cfg.invalid_utf8,

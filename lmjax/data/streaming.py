@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lmjax.data import pipeline
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.sources import text_of
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 

@@ -14,7 +14,7 @@ import optax
 
 from lmjax.config import parse_lengths
 from lmjax.data import mixture, pipeline, sources, streaming
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.metrics import language_model_summary
 from lmjax.models import lora, model_config

@@ -41,7 +41,7 @@ from lmjax import frozen_run
 from lmjax.config import ConfigError
 from lmjax.data import chat_examples, example_arrays, packing
 from lmjax.data.example_arrays import Arrays
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.frozen_run import FrozenRun
 from lmjax.models import family, lora

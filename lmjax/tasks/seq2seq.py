@@ -28,7 +28,7 @@ from absl import logging
 from lmjax import config as config_lib
 from lmjax import decode, text_metrics
 from lmjax.data import parallel, sources
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
 from lmjax.models import family, logit_mask, model_config
 from lmjax.models.base import ModelConfig

@@ -29,7 +29,7 @@ from lmjax import config as config_lib
 from lmjax.data import chat_examples, example_arrays, packing, records
 from lmjax.data.chat import ChatTemplate
 from lmjax.data.example_arrays import Arrays
-from lmjax.data.local_text import DataError
+from lmjax.data.text_files import DataError
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.registry import TASKS
 from lmjax.tasks.base import Batch, SamplePrompt, TaskData
