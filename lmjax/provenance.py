@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -42,22 +42,23 @@ def git_state() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _record() -> tuple[tuple[str, Any], ...]:
-  devices = jax.devices()
   record = {"lmjax_version": lmjax.__version__, **{f"git_{k}": v for k, v in git_state().items()},
             "jax_version": jax.__version__, "python_version": platform.python_version(),
-            "platform": devices[0].platform, "device_kind": devices[0].device_kind, "device_count": len(devices),
             "process_count": jax.process_count(), "command": " ".join(sys.argv)}
   return tuple(record.items())
 
 
-def run_record() -> dict[str, Any]:
-  """The provenance of this process (computed once: git runs on the first call only)."""
-  return dict(_record())
+def run_record(devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+  """The provenance of this process, on `devices` (the run's mesh; default: every device). Git runs on the first
+  call only."""
+  devices = list(jax.devices() if devices is None else devices)
+  return {**dict(_record()), "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+          "device_count": len(devices)}
 
 
-def with_record(config_dict: dict[str, Any]) -> dict[str, Any]:
-  """What config.json holds: the config's fields and, under KEY, this process's provenance."""
-  return {**config_dict, KEY: run_record()}
+def with_record(config_dict: dict[str, Any], devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+  """What config.json holds: the config's fields and, under KEY, this process's provenance on `devices`."""
+  return {**config_dict, KEY: run_record(devices)}
 
 
 def config_fields(saved: dict[str, Any]) -> dict[str, Any]:

@@ -237,21 +237,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   task = task_class.create(config, vocab, data)
   fitted = task.fit(config, tokenizer, data)
   if fitted is not None:
-    record_config(config, workdir)  # fitted: the run happened, so config.json records it
-    return _record_fit(config, workdir, fitted)
+    record_config(config, workdir, mesh.devices.flat)  # fitted: the run happened, so config.json records it
+    return _record_fit(config, workdir, fitted, mesh)
   progs = programs.build(config, task, mesh)
   with sharding.activate(progs.mesh, progs.rules):
     return _train(config, workdir, progs, tokenizer, data, stop_at)
 
 
-def _record_fit(config: ml_collections.ConfigDict, workdir: Path, fitted: FitResult) -> dict[str, float]:
+def _record_fit(config: ml_collections.ConfigDict, workdir: Path, fitted: FitResult, mesh: jax.sharding.Mesh
+                ) -> dict[str, float]:
   """A fitted model's record: its metrics at step 1 and its samples. Refitting is deterministic and cheap, so a
   rerun replaces the record instead of resuming it."""
   logging.info("%s", writers.eval_line("eval", 1, fitted.metrics["eval"]))
   if jax.process_index() == 0:
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
   writer = writers.MetricWriter(workdir, trackers=writers.trackers_of(config.train),
-                                run_config=provenance.with_record(config.to_dict()),
+                                run_config=provenance.with_record(config.to_dict(), mesh.devices.flat),
                                 wandb_project=config.train.wandb_project)
   try:
     for split, metrics in fitted.metrics.items():
@@ -302,7 +303,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
       logging.info("Started %s from %s (step %s); the rest is freshly initialized.", ", ".join(copied),
                    config.finetune.init_from, config.finetune.init_step or "latest")
     state = state.replace(params=task.initial_params(state.params, frozen))
-  record_config(config, workdir)  # restored or initialized: the run starts for real, so config.json records it
+  # restored or initialized: the run starts for real, so config.json records it
+  record_config(config, workdir, mesh.devices.flat)
   step = int(state.step)
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   logging.info("Model %s: %s parameters; vocab %d (%s tokenizer); %s.", config.model.name,
@@ -315,7 +317,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progs: programs.Pro
     from lmjax.harness import TrainingTasks  # pylint: disable=import-outside-toplevel
     harness_tasks = TrainingTasks(config, model, tokenizer, mesh, progs.rules)
   writer = writers.MetricWriter(workdir, trackers=writers.trackers_of(t),
-                                run_config=provenance.with_record(config.to_dict()), wandb_project=t.wandb_project)
+                                run_config=provenance.with_record(config.to_dict(), mesh.devices.flat),
+                                wandb_project=t.wandb_project)
 
   def run_eval(step: int, write: bool = True) -> dict[str, float]:
     for split, batches in eval_sets.items():

@@ -15,8 +15,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -108,15 +109,16 @@ def write_atomically(path: Path, text: str) -> None:
       tmp.unlink()
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def record_config(config: ml_collections.ConfigDict, workdir: Path, devices: Sequence[jax.Device] | None = None
+                  ) -> None:
   """Writes config.json (process 0), once the run's state has been restored or initialized: the record of what
-  runs, with its provenance (lmjax/provenance.py). A different previous record is kept as config.<unix time>.json,
+  runs, with its provenance on `devices`, the run's mesh (lmjax/provenance.py). A different previous record is kept as config.<unix time>.json,
   so the record of what ran is never lost; a restart with the same config keeps the record of the first start."""
   if _process_index() != 0:
     return
   workdir = Path(workdir)
   path = workdir / CONFIG_FILE
-  text = json.dumps(provenance.with_record(config.to_dict()), indent=2, sort_keys=True) + "\n"
+  text = json.dumps(provenance.with_record(config.to_dict(), devices), indent=2, sort_keys=True) + "\n"
   if path.exists():
     old = path.read_text()
     try:

@@ -5,6 +5,8 @@ mixed precision change memory and speed but not the math (within float tolerance
 the devices or the batch is refused before anything compiles.
 """
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -176,9 +178,9 @@ def test_a_batch_the_mesh_cannot_split_is_refused_before_any_work(tmp_path):
 
 
 def test_train_and_evaluate_spans_the_devices_it_is_given(tmp_path):
-  """devices= narrows the mesh to a subset (the one-device runs of the other test files rely on it): a run on 2 of
-  the 8 devices trains, and a mesh the subset cannot fill is refused before the workdir exists. That a result
-  does not depend on the mesh is test_sharded_training_matches_one_device's."""
+  """devices= narrows the mesh to a subset (the one-device runs of the other test files rely on it): a 2-device
+  mesh is refused on all 8 devices, before the workdir exists, and trains on 2 of them, which config.json records.
+  That a result does not depend on the mesh is test_sharded_training_matches_one_device's."""
   config = small_config(dict(data=2))
   config.train.update(num_steps=2, log_every=1, eval_every=2, checkpoint_every=2, eval_batches=1, num_samples=0,
                       plot=False, tensorboard=False)
@@ -187,3 +189,4 @@ def test_train_and_evaluate_spans_the_devices_it_is_given(tmp_path):
   assert not (tmp_path / "refused").exists()
   final = train.train_and_evaluate(config, tmp_path / "two", devices=jax.devices()[:2])
   assert np.isfinite(final["loss"]) and (tmp_path / "two" / "checkpoints" / "2").is_dir()
+  assert json.loads((tmp_path / "two" / "config.json").read_text())["provenance"]["device_count"] == 2
