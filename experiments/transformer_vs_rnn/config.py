@@ -17,6 +17,7 @@ n-gram models (orders 3, 5, 7) are counted in one pass and have no seed to vary.
       --baseline=name=gpt
   # 5. each chosen rate for 4x the steps (LONG_STEPS), seeds 0-2: do the curves flatten, does the order hold?
   python -m lmjax.sweep --config=experiments/transformer_vs_rnn/config.py:long --workdir=runs/transformer_vs_rnn
+  # then name=gpt matches two groups: give the baseline in full (the README's command), ending ",steps=12000"
 """
 
 from lmjax.config import base_config
