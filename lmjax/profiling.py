@@ -4,11 +4,13 @@ The trace goes to workdir/profile (plugins/profile/<time>/*.xplane.pb, plus a Pe
 TensorBoard's profile plugin (`pip install tensorboard-plugin-profile; tensorboard --logdir WORKDIR/profile`) and
 xprof (`xprof --logdir WORKDIR/profile`) open, and ui.perfetto.dev reads the .json.gz. Compilation is outside the
 window when START is past the first call; the last traced call is waited on before the trace stops, so its device
-work is in it.
+work is in it. Beside the trace, steps.json records the steps it covers, for `lmjax-profile` (profile_summary.py),
+which sums the trace's ops into a table per step.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -45,5 +47,11 @@ class StepProfiler:
       return
     jax.profiler.stop_trace()
     self.active, self.done = False, True
-    logging.info("Profile of steps %d-%d: %s (tensorboard --logdir %s, profile tab; or xprof).", self.first, step,
-                 self.dir, self.dir)
+    # Each trace gets its own timestamped directory; the newest is this one (a resumed run may add another).
+    traces = self.dir / "plugins" / "profile"
+    runs = sorted((r for r in traces.iterdir() if r.is_dir()), key=lambda r: r.stat().st_mtime) \
+        if traces.is_dir() else []
+    if runs:
+      (runs[-1] / "steps.json").write_text(json.dumps({"first": self.first, "last": step}) + "\n")
+    logging.info("Profile of steps %d-%d: %s (python -m lmjax.profile_summary %s for a table of the ops; "
+                 "tensorboard --logdir %s, profile tab; or xprof).", self.first, step, self.dir, self.dir, self.dir)

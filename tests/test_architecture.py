@@ -37,7 +37,7 @@ LAYERS = (
     ("trainer", ("lmjax.train",)),
     ("commands", ("lmjax.main", "lmjax.generate", "lmjax.aot", "lmjax.sweep", "lmjax.hyper", "lmjax.report",
                   "lmjax.report_select", "lmjax.report_tables", "lmjax.report_runs", "lmjax.report_plots",
-                  "lmjax.report_html", "lmjax.evaluate", "lmjax.prepare_beam", "lmjax.exit_status",
+                  "lmjax.report_html", "lmjax.profile_summary", "lmjax.evaluate", "lmjax.prepare_beam", "lmjax.exit_status",
                   "lmjax.hf.import_checkpoint", "lmjax.hf.export_checkpoint", "lmjax.hf.workdir_config",
                   "lmjax.distill.precompute")),
 )

@@ -74,7 +74,8 @@ def test_script_names_are_lmjax_commands():
   assert len(set(SCRIPTS.values())) == len(SCRIPTS), "two scripts run the same command"
 
 
-@pytest.mark.parametrize("script, own_flag", [("lmjax-train", "--workdir"), ("lmjax-report", "--metric")])
+@pytest.mark.parametrize("script, own_flag", [("lmjax-train", "--workdir"), ("lmjax-report", "--metric"),
+                                             ("lmjax-profile", "--threads")])
 def test_script_help_lists_the_commands_flags(script, own_flag):
   # What the installed script does: import the module, call the function, with argv[0] the script's name.
   module, _, function = SCRIPTS[script].partition(":")

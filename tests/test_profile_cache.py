@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ONE_DEVICE
 from configs import tiny
-from lmjax import compile_cache, train
+from lmjax import compile_cache, profile_summary, train
 from lmjax.config import ConfigError
 from lmjax.config_validation import validate
 from lmjax.writers import read_metrics
@@ -39,6 +39,12 @@ def test_profile_trace_compile_cache_and_switching_attention_on_resume(tmp_path)
   traces = list((tmp_path / "a" / "profile").rglob("*.xplane.pb"))
   assert traces and traces[0].stat().st_size > 0
   assert list((tmp_path / "a" / "profile").rglob("*.trace.json.gz"))
+  # lmjax-profile reads it: the calls of steps 2 and 3, each op's own time adding up to the threads' busy time.
+  trace = profile_summary.find_trace(tmp_path / "a")
+  assert profile_summary.recorded_steps(trace) == 2
+  summary = profile_summary.summarize(profile_summary.read_events(trace), 2)
+  assert summary.rows and all(r.count > 0 and r.self_us >= 0 for r in summary.rows)
+  assert sum(r.self_us for r in summary.rows) == pytest.approx(sum(summary.busy_us.values()), rel=1e-6)
   entries = cache_entries(cache)
   assert entries  # the train, eval and init programs were written
 
