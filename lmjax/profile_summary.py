@@ -166,6 +166,16 @@ def summarize(events: list[dict], steps: int, threads: str = CPU_OP_THREADS) -> 
                  {names.get(t, str(t)): sum(e - s for s, e in ivs) for t, ivs in busy.items()}, rows)
 
 
+def summary_of(path: str | Path, steps: int | None = None, threads: str = CPU_OP_THREADS) -> tuple[Path, Summary]:
+  """The newest trace under `path` and its summary; ValueError, in one line, for anything the user must fix."""
+  trace = find_trace(path)
+  events = read_events(trace)
+  steps = steps or recorded_steps(trace)
+  if steps is None:
+    raise ValueError(f"{trace}: no {STEPS_FILE} beside it says how many steps it covers; pass --steps=N")
+  return trace, summarize(events, steps, threads)
+
+
 def format_summary(summary: Summary, top: int = 25) -> str:
   per_step = lambda us: us / summary.steps / 1000
   step_ms = per_step(summary.span_us)
@@ -196,12 +206,7 @@ def main(argv: list[str]) -> None:
     sys.exit(2)
   console.setup(uses_tfds=False)
   try:
-    trace = find_trace(argv[1])
-    events = read_events(trace)
-    steps = _STEPS.value or recorded_steps(trace)
-    if steps is None:
-      raise ValueError(f"{trace}: no {STEPS_FILE} beside it says how many steps it covers; pass --steps=N")
-    summary = summarize(events, steps, _THREADS.value)
+    trace, summary = summary_of(argv[1], _STEPS.value or None, _THREADS.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 
@@ -109,19 +110,25 @@ def test_the_command_reads_the_newest_trace_and_its_recorded_steps(tmp_path):
   assert "stale" not in done.stdout
 
 
-@pytest.mark.parametrize("make, args, expected", [
-    (lambda d: None, ["missing"], "no such file or directory; give a workdir that ran with --config.train.profile"),
-    (lambda d: d.mkdir(), ["run"], "no perfetto_trace.json.gz under it; train with --config.train.profile_steps"),
-    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), ["run"], "pass --steps=N"),
-    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), ["run", "--steps=1", "--threads=Stream"],
+@pytest.mark.parametrize("make, steps, threads, expected", [
+    (lambda d: None, None, "XLAEigen", "no such file or directory; give a workdir that ran with --config.train.profile"),
+    (lambda d: d.mkdir(), None, "XLAEigen", "no perfetto_trace.json.gz under it; train with --config.train.profile"),
+    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), None, "XLAEigen", "pass --steps=N"),
+    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), 1, "Stream",
      "no op events on threads matching --threads='Stream'; the trace's threads are: python, tf_XLAEigen/1"),
-    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), ["run", "--steps=1", "--threads=("],
-     "--threads='(': not a regular expression"),
-    (lambda d: (d.mkdir(), (d / profile_summary.TRACE_NAME).write_text("plain text")), ["run"],
+    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), 1, "(", "--threads='(': not a regular expression"),
+    (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), -2, "XLAEigen", "--steps=-2: must be a positive"),
+    (lambda d: (d.mkdir(), (d / profile_summary.TRACE_NAME).write_text("plain text")), None, "XLAEigen",
      "not a gzipped JSON trace"),
 ])
-def test_bad_input_is_one_line_naming_it(tmp_path, make, args, expected):
-  make(tmp_path / args[0])
-  done = run_command(tmp_path / args[0], *args[1:])
+def test_bad_input_is_named_with_its_fix(tmp_path, make, steps, threads, expected):
+  make(tmp_path / "run")
+  with pytest.raises(ValueError, match=re.escape(expected)) as caught:
+    profile_summary.summary_of(tmp_path / "run", steps, threads)
+  assert "\n" not in str(caught.value)
+
+
+def test_the_command_reports_bad_input_in_one_line(tmp_path):
+  done = run_command(tmp_path / "missing")
   assert done.returncode == 2
-  assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
+  assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {tmp_path / 'missing'}: no such file")
