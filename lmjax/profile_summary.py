@@ -80,7 +80,10 @@ def read_events(trace: Path) -> list[dict]:
       data = json.load(f)
   except (OSError, EOFError, json.JSONDecodeError) as e:
     raise ValueError(f"{trace}: not a gzipped JSON trace ({e}); give the {TRACE_NAME} a profile wrote") from None
-  return data["traceEvents"] if isinstance(data, dict) else data
+  events = data.get("traceEvents") if isinstance(data, dict) else data
+  if not isinstance(events, list):
+    raise ValueError(f"{trace}: no traceEvents list in it; give the {TRACE_NAME} a profile wrote")
+  return events
 
 
 def _is_op(name: str) -> bool:
@@ -162,8 +165,11 @@ def summarize(events: list[dict], steps: int, threads: str = CPU_OP_THREADS) -> 
   first = min(ivs[0][0] for ivs in busy.values())
   last = max(ivs[-1][1] for ivs in busy.values())
   rows = sorted((Row(k, self_us[k], counts[k], others_us[k]) for k in self_us), key=lambda r: -r.self_us)
+  labels = [names.get(t, "") for t in busy]
+  # Two threads of the same name stay two rows: the thread id tells them apart.
+  labels = [f"{n} (tid {t[1]})" if labels.count(n) > 1 else n for n, t in zip(labels, busy)]
   return Summary(steps, last - first,
-                 {names.get(t, str(t)): sum(e - s for s, e in ivs) for t, ivs in busy.items()}, rows)
+                 {label: sum(e - s for s, e in ivs) for label, ivs in zip(labels, busy.values())}, rows)
 
 
 def summary_of(path: str | Path, steps: int | None = None, threads: str = CPU_OP_THREADS) -> tuple[Path, Summary]:

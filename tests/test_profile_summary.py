@@ -83,6 +83,14 @@ def test_own_time_and_overlap_equal_a_per_microsecond_count(seed):
   assert f"| {len(summary.rows) - 2} other kinds |" in table
 
 
+def test_threads_of_the_same_name_are_kept_apart():
+  events = trace_events({1: [(0, 10, "dot.1")], 2: [(0, 4, "dot.2")]})
+  for e in events:
+    if e.get("ph") == "M" and e["tid"] in (1, 2):
+      e["args"]["name"] = "tf_XLAEigen"
+  assert profile_summary.summarize(events, 1).busy_us == {"tf_XLAEigen (tid 1)": 10, "tf_XLAEigen (tid 2)": 4}
+
+
 def write_trace(directory, events, steps=None):
   directory.mkdir(parents=True)
   with gzip.open(directory / profile_summary.TRACE_NAME, "wt") as f:
@@ -120,6 +128,8 @@ def test_the_command_reads_the_newest_trace_and_its_recorded_steps(tmp_path):
     (lambda d: write_trace(d, trace_events({1: [(0, 5, "dot.1")]})), -2, "XLAEigen", "--steps=-2: must be a positive"),
     (lambda d: (d.mkdir(), (d / profile_summary.TRACE_NAME).write_text("plain text")), None, "XLAEigen",
      "not a gzipped JSON trace"),
+    (lambda d: (d.mkdir(), gzip.open(d / profile_summary.TRACE_NAME, "wt").write("{}")), None, "XLAEigen",
+     "no traceEvents list in it"),
 ])
 def test_bad_input_is_named_with_its_fix(tmp_path, make, steps, threads, expected):
   make(tmp_path / "run")
