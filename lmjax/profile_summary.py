@@ -19,14 +19,13 @@ import dataclasses
 import gzip
 import json
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from absl import app, flags
 
 from lmjax import console
-from lmjax.cli import describe_command, parse_flags
+from lmjax.cli import describe_command, fail, parse_flags
 
 TRACE_NAME = "perfetto_trace.json.gz"
 STEPS_FILE = "steps.json"
@@ -207,15 +206,13 @@ _THREADS = flags.DEFINE_string("threads", CPU_OP_THREADS, "Regular expression on
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    print("error: give one workdir, profile directory or trace file: python -m lmjax.profile_summary WORKDIR "
-          "[--top=25] [--steps=N] [--threads=REGEX]", file=sys.stderr)
-    sys.exit(2)
+    fail("give one workdir, profile directory or trace file: python -m lmjax.profile_summary WORKDIR "
+         "[--top=25] [--steps=N] [--threads=REGEX]")
   console.setup(uses_tfds=False)
   try:
     trace, summary = summary_of(argv[1], _STEPS.value or None, _THREADS.value)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
   print(f"trace: {trace}")
   print(format_summary(summary, _TOP.value), end="", flush=True)
 
